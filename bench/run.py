@@ -1,0 +1,381 @@
+"""Benchmarks of the worker against the raw Docker SDK doing the same work, side by side.
+
+    .venv/bin/python bench/run.py [throughput latency claim memory queries] [--quick]
+
+Needs the local engine (``make engine``) and PostgreSQL at 127.0.0.1:5432 (it uses its own
+database, ``cm_bench``, created and migrated on the fly). Prints one line per figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+PG = os.environ.get("BENCH_PG", "postgres://postgres@127.0.0.1:5432")
+os.environ["DATABASE_URL"] = f"{PG}/cm_bench"
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
+
+ENGINE = "unix:///var/run/docker.sock"
+IMAGE = "container-jobs/busybox:latest"
+RUN_LABEL = "container_manager.bench"
+RUN_ID = uuid.uuid4().hex[:8]
+
+
+def setup_django() -> None:
+    import psycopg
+
+    with psycopg.connect(f"{PG}/postgres", autocommit=True) as conn:
+        conn.execute("DROP DATABASE IF EXISTS cm_bench")
+        conn.execute("CREATE DATABASE cm_bench")
+    import django
+
+    django.setup()
+    from django.conf import settings
+    from django.core.management import call_command
+
+    settings.CONTAINER_MANAGER = {"CONTAINER_LABELS": {RUN_LABEL: RUN_ID}, "POLL_INTERVAL": 1.0}
+    call_command("migrate", verbosity=0)
+
+
+def reset(max_concurrent: int = 8):
+    from container_manager.models import ContainerJob, ExecutorHost, JobAttempt
+
+    JobAttempt.objects.all().delete()
+    ContainerJob.objects.all().delete()
+    host, _ = ExecutorHost.objects.update_or_create(
+        name="bench",
+        defaults={
+            "connection_string": ENGINE,
+            "auto_pull_images": False,
+            "max_concurrent_jobs": max_concurrent,
+        },
+    )
+    return host
+
+
+def raw_client():
+    import docker
+
+    return docker.DockerClient(base_url=ENGINE, max_pool_size=16)
+
+
+def raw_job(client, command=("true",)) -> None:
+    """What the worker does for a job, done directly: create, start, wait, logs, remove."""
+    container = client.containers.create(IMAGE, list(command), labels={RUN_LABEL: RUN_ID})
+    container.start()
+    container.wait()
+    container.logs(stdout=True, stderr=False)
+    container.logs(stdout=False, stderr=True)
+    container.remove(force=True)
+
+
+def report(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+    verdict = "" if ok is None else ("  OK" if ok else "  MISSED")
+    print(f"{name:<48} {value:<34} {target}{verdict}", flush=True)
+
+
+# ---- throughput ---------------------------------------------------------------------------
+
+
+def bench_throughput(jobs: int, concurrency: int, rounds: int) -> None:
+    """Rounds alternate which side goes first: the engine's own speed drifts by 10-20%
+    between consecutive identical runs here, which must not count against either side."""
+    from container_manager.queue import submit
+    from container_manager.worker import Worker
+
+    client = raw_client()
+
+    def raw_round() -> float:
+        began = time.perf_counter()
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda _: raw_job(client), range(jobs)))
+        return time.perf_counter() - began
+
+    def worker_round() -> float:
+        host = reset(max_concurrent=concurrency)
+        for _ in range(jobs):
+            submit(host=host, image=IMAGE, command="true")
+        began = time.perf_counter()
+        Worker(concurrency=concurrency, burst=True).run()
+        return time.perf_counter() - began
+
+    raw_times, worker_times = [], []
+    for number in range(rounds):
+        sides = [(raw_times, raw_round), (worker_times, worker_round)]
+        for times, run in sides if number % 2 == 0 else reversed(sides):
+            times.append(run())
+    raw, worker = statistics.median(raw_times), statistics.median(worker_times)
+    spread = ", ".join(f"{jobs / t:.1f}" for t in raw_times)
+    worker_spread = ", ".join(f"{jobs / t:.1f}" for t in worker_times)
+    report(
+        f"throughput, {jobs} no-op jobs at concurrency {concurrency}",
+        f"raw {jobs / raw:.1f}/s  worker {jobs / worker:.1f}/s",
+    )
+    report(f"  (raw per round: {spread} /s)", "")
+    report(f"  (worker per round: {worker_spread} /s)", "")
+    ratio = raw / worker
+    report("  worker / raw throughput ratio (medians)", f"{ratio:.2f}", ">= 0.90", ratio >= 0.9)
+
+
+# ---- latency ------------------------------------------------------------------------------
+
+
+def bench_latency(samples: int) -> None:
+    from django.utils import timezone
+
+    from container_manager.models import ContainerJob, JobStatus
+    from container_manager.queue import submit
+    from container_manager.worker import Worker
+
+    client = raw_client()
+    host = reset()
+    deaths = _die_times(client)
+    worker = Worker(concurrency=2, poll_interval=5.0)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    time.sleep(0.5)
+    raw_times, worker_times, exit_to_record = [], [], []
+    try:
+        for _ in range(samples):
+            began = time.perf_counter()
+            raw_job(client)
+            raw_times.append(time.perf_counter() - began)
+
+            submitted = timezone.now()
+            job = submit(host=host, image=IMAGE, command="true")
+            query = ContainerJob.objects.filter(pk=job.pk, status=JobStatus.COMPLETED)
+            while not query.exists():
+                time.sleep(0.05)
+            recorded = ContainerJob.objects.get(pk=job.pk).completed_at
+            worker_times.append((recorded - submitted).total_seconds())
+            died = _wait_for(deaths, str(job.pk))
+            exit_to_record.append(recorded.timestamp() - died)
+    finally:
+        worker.stop()
+        thread.join(30)
+    raw, work = statistics.median(raw_times), statistics.median(worker_times)
+    report(
+        "latency, submission -> recorded completion",
+        f"raw {raw * 1000:.0f} ms  worker {work * 1000:.0f} ms",
+    )
+    overhead = (work - raw) * 1000
+    report("  median overhead over the raw SDK", f"{overhead:.0f} ms", "<= 50 ms", overhead <= 50)
+    lag = statistics.median(exit_to_record) * 1000
+    report("  container exit (engine 'die' event) -> recorded", f"median {lag:.0f} ms")
+
+
+def _die_times(client) -> dict[str, float]:
+    """Job id -> time (s since the epoch) the engine reported its container's exit."""
+    deaths: dict[str, float] = {}
+    stream = client.events(decode=True, filters={"event": "die", "label": f"{RUN_LABEL}={RUN_ID}"})
+
+    def read() -> None:
+        for event in stream:
+            job = event.get("Actor", {}).get("Attributes", {}).get("container_manager.job")
+            if job:
+                deaths[job] = event["timeNano"] / 1e9
+
+    threading.Thread(target=read, daemon=True).start()
+    return deaths
+
+
+def _wait_for(deaths: dict[str, float], job_id: str) -> float:
+    for _ in range(200):
+        if job_id in deaths:
+            return deaths[job_id]
+        time.sleep(0.01)
+    raise SystemExit(f"no 'die' event seen for job {job_id}")
+
+
+# ---- claim ------------------------------------------------------------------------------
+
+
+def bench_claim(big: int, samples: int, rounds: int = 3) -> None:
+    """Claim time with 100 and with ``big`` waiting jobs, alternated ``rounds`` times so that
+    drift in machine load cannot masquerade as a difference. The filler rows stay in the
+    table between phases, flipped between 'completed' and 'queued'."""
+    from django.db import connection, transaction
+
+    from container_manager.models import ContainerJob, JobStatus
+    from container_manager.queue import claim
+
+    host = reset(max_concurrent=1000)
+    ContainerJob.objects.bulk_create(
+        [ContainerJob(docker_host=host, docker_image=IMAGE, command="true") for _ in range(100)]
+    )
+    filler = [
+        ContainerJob(docker_host=host, docker_image=IMAGE, command="true", priority=-1)
+        for _ in range(big - 100)
+    ]
+    ContainerJob.objects.bulk_create(filler, batch_size=5000)
+    filler_ids = ContainerJob.objects.filter(priority=-1)
+
+    def phase(waiting: int) -> list[float]:
+        status = JobStatus.QUEUED if waiting == big else JobStatus.COMPLETED
+        filler_ids.update(status=status)
+        with connection.cursor() as cursor:
+            cursor.execute("VACUUM ANALYZE container_manager_containerjob")
+        times = []
+        for _ in range(samples):
+            with transaction.atomic():
+                began = time.perf_counter()
+                claimed = claim("bench", 8)
+                times.append(time.perf_counter() - began)
+                assert len(claimed) == 8
+                transaction.set_rollback(True)
+        return times
+
+    small_times: list[float] = []
+    large_times: list[float] = []
+    for _ in range(rounds):
+        small_times += phase(100)
+        large_times += phase(big)
+    reset()
+    small, large = statistics.median(small_times), statistics.median(large_times)
+    report(
+        f"claim 8 jobs, 100 vs {big:,} waiting",
+        f"{small * 1000:.2f} ms vs {large * 1000:.2f} ms",
+    )
+    ratio = large / small
+    report("  ratio", f"{ratio:.2f}x", "<= 1.5x", ratio <= 1.5)
+
+
+# ---- memory ------------------------------------------------------------------------------
+
+# Long lines: the engine's log driver costs per line, and this measures our side.
+_PRINT = "head -c {n} /dev/zero | tr '\\0' x"
+
+
+def bench_memory(size: int) -> None:
+    from django.db import connection
+
+    from container_manager.models import ContainerJob
+    from container_manager.queue import submit
+
+    host = reset()
+    job = submit(host=host, image=IMAGE, command=["sh", "-c", _PRINT.format(n=size)])
+    env = {**os.environ, "DATABASE_URL": f"{PG}/{connection.settings_dict['NAME']}"}
+    began = time.perf_counter()
+    worker_peak = _peak_rss(
+        [sys.executable, str(ROOT / "manage.py"), "process_container_jobs", "--burst"], env
+    )
+    elapsed = time.perf_counter() - began
+    job = ContainerJob.objects.get(pk=job.pk)
+    assert job.status == "completed" and job.stdout_truncated, (job.status, job.last_error)
+    raw_peak = _peak_rss([sys.executable, __file__, "_raw_memory", str(size)], env)
+    report(
+        f"peak RSS while a job prints {size / 2**30:.2f} GiB",
+        f"worker {worker_peak / 2**20:.0f} MB  raw logs() {raw_peak / 2**20:.0f} MB",
+        "< 150 MB",
+        worker_peak < 150 * 2**20,
+    )
+    report("  worker wall time for that job", f"{elapsed:.1f} s")
+
+
+def _peak_rss(argv: list[str], env: dict[str, str]) -> int:
+    process = subprocess.Popen(argv, env=env, cwd=ROOT, stdout=subprocess.DEVNULL)
+    peak = 0
+    while process.poll() is None:
+        try:
+            status = Path(f"/proc/{process.pid}/status").read_text()
+            peak = max(peak, int(status.split("VmHWM:")[1].split()[0]) * 1024)
+        except (FileNotFoundError, IndexError, ProcessLookupError):
+            pass
+        time.sleep(0.05)
+    if process.returncode != 0:
+        raise SystemExit(f"{argv} failed with {process.returncode}")
+    return peak
+
+
+def _raw_memory(size: int) -> None:
+    """The naive raw SDK equivalent: run the job and read its logs in one call."""
+    client = raw_client()
+    container = client.containers.create(
+        IMAGE, ["sh", "-c", _PRINT.format(n=size)], labels={RUN_LABEL: RUN_ID}
+    )
+    container.start()
+    container.wait()
+    container.logs(stdout=True, stderr=False)
+    container.remove(force=True)
+
+
+# ---- queries ------------------------------------------------------------------------------
+
+
+def bench_queries(jobs: int) -> None:
+    from django.db.backends.signals import connection_created
+
+    from container_manager.queue import submit
+    from container_manager.worker import Worker
+
+    count = [0]
+    lock = threading.Lock()
+
+    def counter(execute, sql, params, many, context):
+        with lock:
+            count[0] += 1
+        return execute(sql, params, many, context)
+
+    def install(sender, connection, **kwargs):
+        connection.execute_wrappers.append(counter)
+
+    host = reset()
+    for _ in range(jobs):
+        submit(host=host, image=IMAGE, command="true")
+    connection_created.connect(install)
+    from django.db import connection
+
+    connection.close()
+    try:
+        Worker(concurrency=4, burst=True).run()
+    finally:
+        connection_created.disconnect(install)
+    report(f"database queries per job ({jobs} jobs, concurrency 4)", f"{count[0] / jobs:.1f}")
+
+
+def main() -> None:
+    if len(sys.argv) == 3 and sys.argv[1] == "_raw_memory":
+        _raw_memory(int(sys.argv[2]))
+        return
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument(
+        "which", nargs="*", default=["throughput", "latency", "claim", "memory", "queries"]
+    )
+    parser.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    args = parser.parse_args()
+    setup_django()
+    quick = args.quick
+    print(f"{'figure':<48} {'measured':<34} target")
+    try:
+        if "throughput" in args.which:
+            bench_throughput(jobs=100, concurrency=8, rounds=2 if quick else 6)
+        if "latency" in args.which:
+            bench_latency(samples=10 if quick else 40)
+        if "claim" in args.which:
+            bench_claim(big=10_000 if quick else 100_000, samples=20 if quick else 50)
+        if "memory" in args.which:
+            bench_memory(size=(64 if quick else 1024) * 2**20)
+        if "queries" in args.which:
+            bench_queries(jobs=20 if quick else 50)
+    finally:
+        _cleanup()
+
+
+def _cleanup() -> None:
+    client = raw_client()
+    for container in client.containers.list(all=True, filters={"label": f"{RUN_LABEL}={RUN_ID}"}):
+        container.remove(force=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,110 @@
+"""Typed, lazy access to the ``CONTAINER_MANAGER`` settings dict.
+
+Every key has a default; ``settings.CONTAINER_MANAGER`` overrides any of them. Values are
+read at access time, so ``override_settings`` in tests takes effect.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from django.conf import settings
+
+__all__ = ["DEFAULTS", "Settings", "get_settings"]
+
+DEFAULT_EXECUTORS: dict[str, str] = {
+    "docker": "container_manager.executors.docker.DockerExecutor",
+    "fake": "container_manager.executors.fake.FakeExecutor",
+    "swarm": "container_manager.executors.swarm.SwarmExecutor",
+}
+
+
+@dataclass(frozen=True)
+class Settings:
+    """The app's settings, with their defaults."""
+
+    #: alias -> dotted path of an executor class.
+    EXECUTORS: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EXECUTORS))
+    #: Seconds the SDK waits for an engine answer (not for a job: waits use their own).
+    ENGINE_TIMEOUT: float = 30.0
+    #: Seconds a worker sleeps when it found nothing to claim.
+    POLL_INTERVAL: float = 1.0
+    #: Seconds a claim on a job is valid without renewal.
+    LEASE_SECONDS: float = 30.0
+    #: Seconds between resource samples of a running container.
+    STATS_INTERVAL: float = 1.0
+    #: Seconds a container gets between SIGTERM and SIGKILL on timeout or cancel.
+    STOP_GRACE_SECONDS: int = 5
+    #: Bytes of stdout and of stderr kept in the database (the tail).
+    LOG_TAIL_BYTES: int = 1024 * 1024
+    #: Django storage alias to keep full output in, or None to keep only the tail.
+    LOG_STORAGE: str | None = None
+    #: Extra labels put on every container the app creates.
+    CONTAINER_LABELS: dict[str, str] = field(default_factory=dict)
+    #: Retry backoff: base * 2**attempt seconds, capped, with full jitter.
+    RETRY_BACKOFF_BASE: float = 2.0
+    RETRY_BACKOFF_MAX: float = 300.0
+    #: Consecutive failed health checks after which a host gets no new jobs.
+    UNHEALTHY_AFTER: int = 3
+    #: Seconds between a worker's health checks of the hosts it uses.
+    HEALTH_CHECK_INTERVAL: float = 30.0
+    #: Seconds an unhealthy host may stay unreachable before its running jobs are declared
+    #: lost and queued again (elsewhere, when the queue had placed them).
+    HOST_LOST_AFTER: float = 300.0
+    #: Seconds between a worker's reaper runs (None: the worker never reaps; run
+    #: ``manage.py cleanup_containers`` yourself).
+    REAP_INTERVAL: float | None = 600.0
+    #: Seconds a finished job's container may stay before the reaper removes it (the worker
+    #: removes it at once; this is for containers left behind by crashes).
+    REAP_OLDER_THAN: float = 3600.0
+    #: Days ended jobs are kept before the reaper deletes their rows (None: forever).
+    JOB_RETENTION_DAYS: int | None = None
+    #: Upper bounds checked at submission.
+    MAX_MEMORY_MB: int = 1024 * 1024
+    MAX_CPU_CORES: float = 1024.0
+    MAX_TIMEOUT_SECONDS: int = 30 * 24 * 3600
+
+
+DEFAULTS = Settings()
+
+
+def get_settings() -> Settings:
+    """Read ``settings.CONTAINER_MANAGER`` merged over the defaults."""
+    overrides: dict[str, Any] = dict(getattr(settings, "CONTAINER_MANAGER", {}) or {})
+    known = {f.name for f in fields(Settings)}
+    unknown = set(overrides) - known
+    if unknown:
+        from .exceptions import ConfigurationError
+
+        raise ConfigurationError(
+            f"Unknown CONTAINER_MANAGER keys: {', '.join(sorted(unknown))}; "
+            f"known keys are {', '.join(sorted(known))}"
+        )
+    _check_types(overrides)
+    if "EXECUTORS" in overrides:
+        overrides["EXECUTORS"] = {**DEFAULT_EXECUTORS, **overrides["EXECUTORS"]}
+    return Settings(**overrides)
+
+
+_TYPES: dict[str, tuple[type, ...]] = {
+    "EXECUTORS": (dict,),
+    "CONTAINER_LABELS": (dict,),
+    "LOG_STORAGE": (str, type(None)),
+    "REAP_INTERVAL": (int, float, type(None)),
+    "JOB_RETENTION_DAYS": (int, type(None)),
+}
+
+
+def _check_types(overrides: dict[str, Any]) -> None:
+    """Reject a value of the wrong type, naming the key (an int is fine for a float)."""
+    from .exceptions import ConfigurationError
+
+    for name, value in overrides.items():
+        default = getattr(DEFAULTS, name)
+        expected = _TYPES.get(name) or ((int, float) if isinstance(default, float) else (int,))
+        if isinstance(value, bool) or not isinstance(value, expected):
+            raise ConfigurationError(
+                f"CONTAINER_MANAGER[{name!r}] must be "
+                f"{' or '.join(t.__name__ for t in expected)}, not {type(value).__name__}"
+            )

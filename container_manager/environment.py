@@ -1,0 +1,108 @@
+"""KEY=VALUE environment text: parse, merge and mask. Pure functions, no Django."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+from .exceptions import InvalidJobError
+
+__all__ = [
+    "format_environment",
+    "mask_environment",
+    "masked_text",
+    "merge_environments",
+    "parse_environment",
+    "unmask",
+]
+
+_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL|PASSWD", re.IGNORECASE)
+MASK = "********"
+HIDDEN = "(not KEY=VALUE text: hidden)"
+
+
+def parse_environment(text: str | None) -> dict[str, str]:
+    """Parse ``KEY=VALUE`` lines into a dict.
+
+    Blank lines and lines starting with ``#`` are ignored; the value is everything after the
+    first ``=`` (it may contain ``=`` and spaces). A malformed line raises
+    :class:`InvalidJobError` naming the line.
+    """
+    result: dict[str, str] = {}
+    for number, raw in enumerate((text or "").splitlines(), start=1):
+        line = raw.lstrip().rstrip("\r")
+        if not line.strip() or line.startswith("#"):
+            continue
+        name, sep, value = line.partition("=")
+        name = name.strip()
+        if not sep:
+            raise InvalidJobError(f"environment line {number} ({line!r}) is not KEY=VALUE")
+        if not _NAME.match(name):
+            raise InvalidJobError(
+                f"environment line {number}: {name!r} is not a valid variable name "
+                "(letters, digits and _, not starting with a digit)"
+            )
+        result[name] = value
+    return result
+
+
+def merge_environments(*layers: Mapping[str, str]) -> dict[str, str]:
+    """Merge environment dicts; later layers win (template < job)."""
+    merged: dict[str, str] = {}
+    for layer in layers:
+        merged.update(layer)
+    return merged
+
+
+def is_secret(name: str) -> bool:
+    """Whether a variable name looks like it holds a secret."""
+    return bool(_SECRET.search(name))
+
+
+def mask_environment(env: Mapping[str, str]) -> dict[str, str]:
+    """A copy of ``env`` with the values of secret-looking names masked."""
+    return {name: (MASK if is_secret(name) else value) for name, value in env.items()}
+
+
+def format_environment(env: Mapping[str, str]) -> str:
+    """The inverse of :func:`parse_environment`. A value with a line break would turn into
+    another variable, so it is refused with InvalidJobError."""
+    for name, value in env.items():
+        if "\n" in str(value) or "\r" in str(value):
+            raise InvalidJobError(
+                f"environment variable {name!r}: a value cannot contain a line break"
+            )
+    return "\n".join(f"{name}={value}" for name, value in env.items())
+
+
+def stored_as_text(text: str) -> str:
+    """``text`` normalised (parsed and formatted again), or HIDDEN when it is not KEY=VALUE."""
+    try:
+        return format_environment(parse_environment(text))
+    except InvalidJobError:
+        return HIDDEN
+
+
+def masked_text(text: str) -> str:
+    """KEY=VALUE text with secret-looking values masked (unreadable text is hidden whole)."""
+    try:
+        return format_environment(mask_environment(parse_environment(text)))
+    except InvalidJobError:
+        return HIDDEN
+
+
+def unmask(edited: str, stored: str) -> str:
+    """The text to store after someone edited masked text: a value left as MASK keeps the
+    stored secret. InvalidJobError for malformed text, or a MASK that stands for no secret."""
+    new = parse_environment(edited)
+    if MASK not in new.values():
+        return edited
+    try:
+        old = parse_environment(stored)
+    except InvalidJobError:
+        old = {}
+    lost = [k for k, v in new.items() if v == MASK and (k not in old or not is_secret(k))]
+    if lost:
+        raise InvalidJobError(f"Give a real value for: {', '.join(lost)}.")
+    return format_environment({k: old[k] if v == MASK else v for k, v in new.items()})

@@ -1,0 +1,296 @@
+"""``manage.py container_host``: register, list, check and remove container engine hosts.
+
+    manage.py container_host add NAME --url unix:///var/run/docker.sock [--update] ...
+    manage.py container_host list
+    manage.py container_host check NAME | --all
+    manage.py container_host remove NAME
+    manage.py container_host drain NAME | undrain NAME
+
+``add`` refuses a name that exists unless ``--update`` is given; with ``--update`` it
+creates the host or changes only the options given on the command line (an upsert, so
+scripts can run it again and again).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.db.models import Count, ProtectedError, Q
+from django.utils import timezone
+
+from container_manager.health import check_host
+from container_manager.models import ExecutorHost, JobStatus, parse_labels
+
+# Command-line option -> ExecutorHost field, for the options that map one to one.
+_FIELDS = {
+    "url": "connection_string",
+    "executor": "executor_type",
+    "max_concurrent": "max_concurrent_jobs",
+    "weight": "weight",
+    "pull": "auto_pull_images",
+    "tls": "tls_enabled",
+    "tls_verify": "tls_verify",
+    "tls_ca": "tls_ca_cert",
+    "tls_cert": "tls_client_cert",
+    "tls_key": "tls_client_key",
+    "active": "is_active",
+}
+_TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+_ERROR_WIDTH = 80  # characters of the last health error shown by ``list``
+
+
+def _validation_message(err: ValidationError) -> str:
+    """One line from ``full_clean``'s per-field errors."""
+    return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in err.message_dict.items())
+
+
+def _when(moment: Any) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
+
+
+class Command(BaseCommand):
+    help = "Register, list, health-check and remove the container engines jobs run on."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+
+        add = actions.add_parser("add", help="Register a host (or change one, with --update).")
+        add.add_argument("name", help="Unique name of the host, e.g. 'local'.")
+        add.add_argument(
+            "--url", help="Engine URL: unix:///var/run/docker.sock or tcp://host:2376."
+        )
+        add.add_argument(
+            "--executor", help="Executor alias from CONTAINER_MANAGER (default docker)."
+        )
+        add.add_argument(
+            "--max-concurrent", type=int, help="Jobs at once on this host (default 10)."
+        )
+        add.add_argument("--weight", type=int, help="Relative share of work, 1-1000 (default 100).")
+        add.add_argument(
+            "--pull",
+            action=argparse.BooleanOptionalAction,
+            help="Pull missing images (default on; --no-pull for local images only).",
+        )
+        add.add_argument(
+            "--tls", action=argparse.BooleanOptionalAction, help="Use TLS (tcp:// URLs only)."
+        )
+        add.add_argument("--tls-ca", metavar="PATH", help="CA certificate file.")
+        add.add_argument("--tls-cert", metavar="PATH", help="Client certificate file.")
+        add.add_argument("--tls-key", metavar="PATH", help="Client key file.")
+        add.add_argument(
+            "--tls-verify",
+            action=argparse.BooleanOptionalAction,
+            help="Verify the engine's certificate (default on).",
+        )
+        state = add.add_mutually_exclusive_group()
+        state.add_argument(
+            "--inactive", dest="active", action="store_const", const=False, help="Take no jobs."
+        )
+        state.add_argument(
+            "--active", dest="active", action="store_const", const=True, help="Take jobs (default)."
+        )
+        add.add_argument(
+            "--label",
+            action="append",
+            dest="labels",
+            metavar="NAME[=VALUE]",
+            help="Placement label (repeatable), e.g. --label gpu --label region=eu;"
+            " with --update the given labels replace the old ones.",
+        )
+        add.add_argument(
+            "--update",
+            action="store_true",
+            help="If the host exists, change the options given instead of failing.",
+        )
+
+        actions.add_parser("list", help="List hosts with their running jobs and last health check.")
+
+        check = actions.add_parser("check", help="Ask hosts' engines whether they answer.")
+        which = check.add_mutually_exclusive_group(required=True)
+        which.add_argument("name", nargs="?", help="Host to check.")
+        which.add_argument("--all", action="store_true", help="Check every registered host.")
+
+        remove = actions.add_parser("remove", help="Remove a host that no job refers to.")
+        remove.add_argument("name")
+
+        drain = actions.add_parser("drain", help="Stop giving a host new jobs (running ones end).")
+        drain.add_argument("name")
+        undrain = actions.add_parser("undrain", help="Let a drained host take new jobs again.")
+        undrain.add_argument("name")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        getattr(self, f"_{options['action']}")(options)
+
+    # ---- add ---------------------------------------------------------------------------
+
+    def _add(self, options: dict[str, Any]) -> None:
+        given = {
+            field: options[option]
+            for option, field in _FIELDS.items()
+            if options.get(option) is not None
+        }
+        for option in _TLS_FILES:
+            path = options.get(option)
+            if path and not Path(path).is_file():
+                raise CommandError(f"--{option.replace('_', '-')}: no such file: {path}")
+        host = ExecutorHost.objects.filter(name=options["name"]).first()
+        if host is not None and not options["update"]:
+            raise CommandError(
+                f"Host {host.name!r} already exists; add --update to change it "
+                "(only the options you give are changed)."
+            )
+        created = host is None
+        if host is None:
+            if "connection_string" not in given:
+                raise CommandError("--url is required to register a new host.")
+            host = ExecutorHost(name=options["name"])
+        for field, value in given.items():
+            setattr(host, field, value)
+        if options.get("labels") is not None:
+            host.labels = parse_labels(options["labels"])
+        try:
+            host.full_clean()
+        except ValidationError as err:
+            raise CommandError(f"Invalid host: {_validation_message(err)}") from err
+        host.save()
+        verb = "Registered" if created else "Updated"
+        self.stdout.write(
+            f"{verb} host {host.name!r}: {host.connection_string} (executor {host.executor_type}, "
+            f"max {host.max_concurrent_jobs} concurrent, weight {host.weight}, "
+            f"pull {'on' if host.auto_pull_images else 'off'}, "
+            f"TLS {'on' if host.tls_enabled else 'off'}, "
+            f"{'active' if host.is_active else 'inactive'})"
+        )
+
+    # ---- list --------------------------------------------------------------------------
+
+    def _list(self, options: dict[str, Any]) -> None:
+        hosts = ExecutorHost.objects.annotate(
+            running=Count("jobs", filter=Q(jobs__status__in=JobStatus.active()))
+        ).order_by("name")
+        if not hosts:
+            self.stdout.write(
+                "No hosts registered. Add one with: container_host add NAME --url URL"
+            )
+            return
+        rows = [("NAME", "URL", "EXECUTOR", "STATE", "RUNNING", "WEIGHT", "LABELS", "HEALTH")]
+        for host in hosts:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(host.labels.items())) or "-"
+            rows.append(
+                (
+                    host.name,
+                    host.connection_string,
+                    host.executor_type,
+                    "active" if host.is_active else "drained",
+                    f"{host.running}/{host.max_concurrent_jobs}",
+                    str(host.weight),
+                    labels,
+                    self._health_summary(host),
+                )
+            )
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.stdout.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )
+
+    @staticmethod
+    def _health_summary(host: ExecutorHost) -> str:
+        if host.last_health_check is None:
+            return "never"
+        if host.health_check_failures == 0:
+            return f"healthy (checked {_when(host.last_health_check)})"
+        error = host.last_health_error
+        if len(error) > _ERROR_WIDTH:
+            error = error[: _ERROR_WIDTH - 3] + "..."
+        state = "healthy" if host.is_healthy else "UNHEALTHY"
+        return (
+            f"{state}, {host.health_check_failures} failed check(s)"
+            f" (last {_when(host.last_health_check)}): {error}"
+        )
+
+    # ---- check -------------------------------------------------------------------------
+
+    def _check(self, options: dict[str, Any]) -> None:
+        if options["all"]:
+            hosts = list(ExecutorHost.objects.order_by("name"))
+            if not hosts:
+                raise CommandError("No hosts registered.")
+        else:
+            hosts = [self._get_host(options["name"])]
+        failed = [host.name for host in hosts if not self._check_one(host)]
+        if failed:
+            raise CommandError(
+                f"{len(failed)} of {len(hosts)} host(s) failed the health check: "
+                f"{', '.join(failed)}"
+            )
+
+    def _check_one(self, host: ExecutorHost) -> bool:
+        """Ping the engine, record and print the outcome."""
+        healthy, detail = check_host(host)
+        label = "" if host.is_active else " (drained)"
+        if healthy:
+            self.stdout.write(
+                self.style.SUCCESS(f"OK      {host.name}{label}: {host.connection_string}")
+                + f" (engine version {detail})"
+            )
+        else:
+            self.stdout.write(
+                self.style.ERROR(f"FAILED  {host.name}{label}: {host.connection_string}")
+                + f": {detail}"
+            )
+        return healthy
+
+    # ---- drain -------------------------------------------------------------------------
+
+    def _drain(self, options: dict[str, Any]) -> None:
+        self._set_active(options["name"], active=False)
+
+    def _undrain(self, options: dict[str, Any]) -> None:
+        self._set_active(options["name"], active=True)
+
+    def _set_active(self, name: str, *, active: bool) -> None:
+        host = self._get_host(name)
+        host.is_active = active
+        host.save(update_fields=["is_active"])
+        running = host.jobs.filter(status__in=JobStatus.active()).count()
+        if active:
+            self.stdout.write(f"Host {host.name!r} takes new jobs again.")
+        else:
+            self.stdout.write(
+                f"Host {host.name!r} drained: no new jobs; {running} running job(s) will finish."
+            )
+
+    # ---- remove ------------------------------------------------------------------------
+
+    def _remove(self, options: dict[str, Any]) -> None:
+        host = self._get_host(options["name"])
+        jobs = host.jobs.count()
+        attempts = host.attempts.count()
+        if jobs or attempts:
+            active = host.jobs.exclude(status__in=JobStatus.terminal()).count()
+            raise CommandError(
+                f"Host {host.name!r} cannot be removed: {jobs} job(s) refer to it "
+                f"({active} still waiting or running), and {attempts} attempt record(s). "
+                f"Delete those jobs first, or stop new work with: "
+                f"container_host add {host.name} --update --inactive"
+            )
+        try:
+            host.delete()
+        except ProtectedError as err:  # a job arrived since we counted
+            raise CommandError(f"Host {host.name!r} cannot be removed: jobs refer to it.") from err
+        self.stdout.write(f"Removed host {host.name!r}.")
+
+    @staticmethod
+    def _get_host(name: str) -> ExecutorHost:
+        host = ExecutorHost.objects.filter(name=name).first()
+        if host is None:
+            known = ", ".join(ExecutorHost.objects.values_list("name", flat=True))
+            raise CommandError(
+                f"Unknown host {name!r} (known hosts: {known or 'none registered'})."
+            )
+        return host

@@ -1,0 +1,306 @@
+"""``manage.py container_job``: submit, inspect, read the output of, cancel and list jobs.
+
+    JOB=$(manage.py container_job submit --host local --image busybox:latest -- echo hi)
+    manage.py container_job show $JOB
+    manage.py container_job logs $JOB [--stdout | --stderr]
+    manage.py container_job cancel $JOB
+    manage.py container_job list [--status running] [--limit 20]
+
+``submit`` prints only the new job's id on stdout, so that shells can capture it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from django.utils import timezone
+from django.utils.dateparse import parse_datetime
+
+from container_manager import queue
+from container_manager.environment import mask_environment
+from container_manager.exceptions import InvalidJobError
+from container_manager.models import ContainerJob, JobStatus
+
+
+def _when(moment: Any) -> str:
+    return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "-"
+
+
+def _environment_pairs(pairs: list[str]) -> dict[str, str]:
+    environment: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name:
+            raise CommandError(f"--env {pair!r}: expected KEY=VALUE.")
+        if "\n" in value or "\r" in value:
+            raise CommandError(f"--env {name}: a value cannot contain a line break.")
+        environment[name] = value
+    return environment
+
+
+def _get_job(job_id: str) -> ContainerJob:
+    try:
+        return ContainerJob.objects.select_related("docker_host", "environment_template").get(
+            pk=job_id
+        )
+    except (ContainerJob.DoesNotExist, ValidationError) as err:
+        raise CommandError(f"No job with id {job_id!r}.") from err
+
+
+class Command(BaseCommand):
+    help = "Submit container jobs and look at them: show, logs, cancel, list."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
+        self._add_submit_arguments(
+            actions.add_parser(
+                "submit",
+                help="Queue a job; prints its id.",
+                description="Queue a job and print its id. Put the command after --, e.g. "
+                "submit --host local --image busybox:latest -- sh -c 'echo hi'",
+            )
+        )
+        show = actions.add_parser("show", help="A job's status, settings and outcome.")
+        show.add_argument("job_id", metavar="ID")
+
+        logs = actions.add_parser("logs", help="The output a job's container printed.")
+        logs.add_argument("job_id", metavar="ID")
+        stream = logs.add_mutually_exclusive_group()
+        stream.add_argument("--stdout", dest="stream", action="store_const", const="stdout")
+        stream.add_argument("--stderr", dest="stream", action="store_const", const="stderr")
+
+        cancel = actions.add_parser("cancel", help="Cancel a job (idempotent).")
+        cancel.add_argument("job_id", metavar="ID")
+
+        listing = actions.add_parser("list", help="The most recent jobs.")
+        listing.add_argument("--status", choices=JobStatus.values)
+        listing.add_argument("--host", help="Only jobs of this host (name).")
+        listing.add_argument("--limit", type=int, default=20, help="At most this many (20).")
+
+    @staticmethod
+    def _add_submit_arguments(submit: CommandParser) -> None:
+        submit.add_argument(
+            "--host", help="Name of a registered host (none: the queue places the job)."
+        )
+        submit.add_argument(
+            "--label",
+            action="append",
+            default=[],
+            dest="labels",
+            metavar="NAME[=VALUE]",
+            help="A host label the job needs when placed (repeatable), e.g. --label gpu.",
+        )
+        submit.add_argument(
+            "--run-after",
+            metavar="ISO-TIME",
+            help="Not before this time, e.g. 2026-12-01T08:00:00+00:00.",
+        )
+        submit.add_argument("--image", required=True, help="Image reference, e.g. busybox:latest.")
+        submit.add_argument("--name", default="", help="A name to recognise the job by.")
+        submit.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
+        submit.add_argument("--cpu", type=float, metavar="CORES", help="CPU limit in cores.")
+        submit.add_argument(
+            "--env",
+            action="append",
+            default=[],
+            metavar="KEY=VALUE",
+            help="An environment variable (repeatable); wins over the template's.",
+        )
+        submit.add_argument("--env-template", metavar="NAME", help="Environment template name.")
+        submit.add_argument(
+            "--timeout", type=int, metavar="S", help="Seconds before it is stopped."
+        )
+        submit.add_argument("--priority", type=int, default=0, help="Higher runs first (0).")
+        submit.add_argument("--max-retries", type=int, default=0, metavar="N", help="Retries (0).")
+        submit.add_argument(
+            "--retry-on-failure",
+            action="store_true",
+            help="Also retry when the command exits non-zero (not only when launching fails).",
+        )
+        submit.add_argument("--workdir", default="", metavar="/PATH", help="Working directory.")
+        submit.add_argument(
+            "command",
+            nargs="*",
+            metavar="-- COMMAND ARGS",
+            help="The command and its arguments (no shell; none: the image's default).",
+        )
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        getattr(self, f"_{options['action']}")(options)
+
+    # ---- submit ------------------------------------------------------------------------
+
+    def _submit(self, options: dict[str, Any]) -> None:
+        run_after = None
+        if options["run_after"]:
+            run_after = parse_datetime(options["run_after"])
+            if run_after is None or timezone.is_naive(run_after):
+                raise CommandError(
+                    f"--run-after {options['run_after']!r}: give an ISO time with a time zone,"
+                    " e.g. 2026-12-01T08:00:00+00:00"
+                )
+        try:
+            job = queue.submit(
+                host=options["host"],
+                labels=options["labels"],
+                run_after=run_after,
+                image=options["image"],
+                command=options["command"],
+                name=options["name"],
+                environment=_environment_pairs(options["env"]),
+                template=options["env_template"],
+                memory_limit=options["memory"],
+                cpu_limit=options["cpu"],
+                timeout_seconds=options["timeout"],
+                priority=options["priority"],
+                max_retries=options["max_retries"],
+                retry_on_failure=options["retry_on_failure"],
+                working_directory=options["workdir"],
+            )
+        except InvalidJobError as err:
+            raise CommandError(str(err)) from err
+        if options["verbosity"] >= 2:
+            where = f"on host {job.docker_host.name!r}" if job.docker_host else "to be placed"
+            self.stderr.write(f"Queued job {job.pk} {where}.")
+        self.stdout.write(str(job.pk))
+
+    # ---- show --------------------------------------------------------------------------
+
+    def _show(self, options: dict[str, Any]) -> None:
+        job = _get_job(options["job_id"])
+        duration = job.duration
+        rows = [
+            ("Job", str(job.pk)),
+            ("Name", job.name or "-"),
+            ("Status", job.status + (" (cancel requested)" if job.cancel_requested else "")),
+            ("Host", self._host(job)),
+            ("Placement", job.placement_reason or "-"),
+            ("Image", job.docker_image),
+            ("Command", job.command or "(the image's default command)"),
+            ("Working dir", job.working_directory or "-"),
+            ("Limits", self._limits(job)),
+            ("Priority", str(job.priority)),
+            ("Attempts", f"{job.attempt_count} (retries allowed: {job.max_retries})"),
+            ("Container", job.container_id or "-"),
+            ("Exit code", "-" if job.exit_code is None else str(job.exit_code)),
+            ("OOM killed", "yes" if job.oom_killed else "no"),
+            ("Created", _when(job.created_at)),
+            ("Started", _when(job.started_at)),
+            ("Completed", _when(job.completed_at)),
+            ("Duration", "-" if duration is None else f"{duration:.2f}s"),
+            ("Peak memory", "-" if job.peak_memory_bytes is None else f"{job.peak_memory_bytes} B"),
+            ("CPU time", "-" if job.cpu_seconds is None else f"{job.cpu_seconds:.2f}s"),
+            ("Last error", job.last_error or "-"),
+        ]
+        for label, value in rows:
+            self.stdout.write(f"{label + ':':<13}{value}")
+        self._show_environment(job)
+        for attempt in job.attempts.select_related("host"):
+            self.stdout.write(
+                f"  attempt {attempt.number}: {attempt.status} on {attempt.host.name}, "
+                f"container {attempt.container_id[:12] or attempt.container_name}, "
+                f"exit code {'-' if attempt.exit_code is None else attempt.exit_code}, "
+                f"started {_when(attempt.started_at)}"
+                + (f", error: {attempt.error}" if attempt.error else "")
+            )
+
+    @staticmethod
+    def _host(job: ContainerJob) -> str:
+        if job.docker_host is None:
+            labels = ", ".join(f"{k}={v}" for k, v in job.required_labels.items())
+            return f"(not placed yet; labels required: {labels or 'none'})"
+        return f"{job.docker_host.name} ({job.docker_host.connection_string})"
+
+    @staticmethod
+    def _limits(job: ContainerJob) -> str:
+        parts = [
+            f"memory {job.memory_limit} MB" if job.memory_limit else "",
+            f"cpu {job.cpu_limit:g} cores" if job.cpu_limit else "",
+            f"timeout {job.timeout_seconds}s" if job.timeout_seconds else "",
+        ]
+        return ", ".join(p for p in parts if p) or "none"
+
+    def _show_environment(self, job: ContainerJob) -> None:
+        try:
+            environment = mask_environment(job.environment)
+        except InvalidJobError as err:
+            self.stdout.write(f"{'Environment:':<13}(unreadable: {err})")
+            return
+        template = (
+            f" (template {job.environment_template.name})" if job.environment_template else ""
+        )
+        summary = f"{len(environment)} variable(s)" if environment else "none"
+        self.stdout.write(f"{'Environment:':<13}{summary}{template}")
+        for name, value in environment.items():
+            self.stdout.write(f"  {name}={value}")
+
+    # ---- logs --------------------------------------------------------------------------
+
+    def _logs(self, options: dict[str, Any]) -> None:
+        job = _get_job(options["job_id"])
+        streams = [options["stream"]] if options["stream"] else ["stdout", "stderr"]
+        for stream in streams:
+            text: str = getattr(job, f"{stream}_log")
+            if len(streams) > 1:
+                self.stdout.write(f"----- {stream} -----")
+            if text:
+                self.stdout.write(text)
+            if getattr(job, f"{stream}_truncated"):
+                where = getattr(job, f"{stream}_file")
+                self.stderr.write(
+                    f"[{stream} was truncated: only its last part is kept in the database"
+                    + (f"; the full output is in {where}]" if where else "]")
+                )
+        if not (job.stdout_log or job.stderr_log) and job.status not in JobStatus.terminal():
+            self.stderr.write(f"[no output recorded yet: the job is {job.status}]")
+
+    # ---- cancel ------------------------------------------------------------------------
+
+    def _cancel(self, options: dict[str, Any]) -> None:
+        job = _get_job(options["job_id"])
+        cancelled = queue.cancel(job)
+        job.refresh_from_db(fields=["status", "cancel_requested"])
+        if not cancelled:
+            raise CommandError(f"Job {job.pk} already ended as {job.status}; it was not cancelled.")
+        if job.status == JobStatus.CANCELLED:
+            self.stdout.write(f"Job {job.pk}: cancelled")
+        else:
+            self.stdout.write(
+                f"Job {job.pk}: cancel requested; the worker holding it stops its container "
+                f"(status now: {job.status})"
+            )
+
+    # ---- list --------------------------------------------------------------------------
+
+    def _list(self, options: dict[str, Any]) -> None:
+        if options["limit"] < 1:
+            raise CommandError("--limit must be at least 1.")
+        query = ContainerJob.objects.select_related("docker_host").order_by("-created_at")
+        if options["status"]:
+            query = query.filter(status=options["status"])
+        if options["host"]:
+            query = query.filter(docker_host__name=options["host"])
+        jobs = list(query[: options["limit"]])
+        if not jobs:
+            self.stdout.write("No jobs.")
+            return
+        rows = [("ID", "STATUS", "HOST", "IMAGE", "NAME", "EXIT", "CREATED")]
+        rows += [
+            (
+                str(job.pk),
+                job.status,
+                job.docker_host.name if job.docker_host else "(open)",
+                job.docker_image,
+                job.name or "-",
+                "-" if job.exit_code is None else str(job.exit_code),
+                _when(job.created_at),
+            )
+            for job in jobs
+        ]
+        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+        for row in rows:
+            self.stdout.write(
+                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
+            )

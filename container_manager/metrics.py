@@ -1,0 +1,289 @@
+"""Prometheus metrics, with the optional extra ``metrics``
+(``pip install django-container-jobs[metrics]``).
+
+:func:`metrics_view` serves, in the Prometheus text format, figures read from the database at
+scrape time by :class:`DatabaseCollector`; so any web process can serve them, whatever the
+number of workers, and no engine is called:
+
+- ``container_jobs_jobs{status}``: jobs by status;
+- ``container_jobs_queue_depth{scope}``: waiting jobs (``queued``) and those due now (``due``);
+- ``container_jobs_launch_latency_seconds``: histogram of created -> started, and
+  ``container_jobs_duration_seconds``: histogram of started -> completed, over the jobs still
+  in the database (they only grow until old rows are pruned, which reads as a counter reset);
+- ``container_jobs_host_healthy{host}`` (1/0), ``container_jobs_host_health_check_failures``,
+  ``container_jobs_host_running_jobs``, ``container_jobs_host_capacity``;
+- ``container_jobs_worker_last_seen_timestamp_seconds{worker}`` and
+  ``container_jobs_worker_jobs{worker}``: from the workers' heartbeats (every
+  ``LEASE_SECONDS / 3``, idle or not; a worker that died stays, ageing, for an hour).
+
+A worker process may also observe jobs as they happen, through the ``job_started`` and
+``job_finished`` signals (:func:`connect_signal_metrics`), into
+``container_jobs_observed_launch_latency_seconds`` and
+``container_jobs_observed_duration_seconds{status}``. Those live in the process that ran the
+jobs: serve them from the worker with :func:`start_worker_metrics_server`.
+
+Only this module imports ``prometheus_client``, and only when a scrape happens; without the
+package the view answers 501.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib
+import threading
+from collections.abc import Iterator
+from types import ModuleType
+from typing import Any
+
+from django.http import HttpRequest, HttpResponse
+
+from . import overview
+from .models import ContainerJob, JobStatus
+from .signals import job_finished, job_started
+
+__all__ = [
+    "DURATION_BUCKETS",
+    "LATENCY_BUCKETS",
+    "DatabaseCollector",
+    "ObservedCollector",
+    "connect_signal_metrics",
+    "disconnect_signal_metrics",
+    "metrics_view",
+    "observed",
+    "start_worker_metrics_server",
+]
+
+#: Bucket bounds (seconds) of the launch latency histograms.
+LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
+#: Bucket bounds (seconds) of the job duration histograms.
+DURATION_BUCKETS: tuple[float, ...] = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400)
+
+MISSING = (
+    "Prometheus metrics need the prometheus-client package: "
+    "pip install 'django-container-jobs[metrics]'\n"
+)
+
+
+def _prometheus() -> ModuleType | None:
+    try:
+        return importlib.import_module("prometheus_client")
+    except ImportError:
+        return None
+
+
+def _buckets(bounds: tuple[float, ...], cumulative: list[int], count: int) -> list[Any]:
+    return [(_le(b), n) for b, n in zip(bounds, cumulative, strict=True)] + [("+Inf", count)]
+
+
+def _le(bound: float) -> str:
+    return repr(float(bound))
+
+
+class DatabaseCollector:
+    """Reads the figures from the database at scrape time (six queries, no engine call)."""
+
+    def describe(self) -> list[Any]:
+        return []  # no collect() at registration: that would query the database
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+
+        jobs = GaugeMetricFamily("container_jobs_jobs", "Jobs by status.", labels=["status"])
+        for status, n in overview.counts_by_status().items():
+            jobs.add_metric([status], n)
+        yield jobs
+        depth = overview.queue_depth()
+        queue = GaugeMetricFamily(
+            "container_jobs_queue_depth", "Waiting jobs: all, and due now.", labels=["scope"]
+        )
+        queue.add_metric(["queued"], depth.queued)
+        queue.add_metric(["due"], depth.due)
+        yield queue
+        for name, doc, histogram in (
+            (
+                "container_jobs_launch_latency_seconds",
+                "Seconds from submission to container start, of the jobs in the database.",
+                overview.latency_histogram(LATENCY_BUCKETS),
+            ),
+            (
+                "container_jobs_duration_seconds",
+                "Seconds from container start to the end, of the ended jobs in the database.",
+                overview.duration_histogram(DURATION_BUCKETS),
+            ),
+        ):
+            buckets = _buckets(histogram.bounds, histogram.cumulative, histogram.count)
+            yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=histogram.sum)
+        yield from self._hosts(GaugeMetricFamily)
+        yield from self._workers(GaugeMetricFamily)
+
+    def _hosts(self, gauge: Any) -> Iterator[Any]:
+        families = {
+            "healthy": gauge(
+                "container_jobs_host_healthy",
+                "1 healthy, 0 unhealthy (as last checked).",
+                labels=["host"],
+            ),
+            "failures": gauge(
+                "container_jobs_host_health_check_failures",
+                "Consecutive failed health checks.",
+                labels=["host"],
+            ),
+            "running": gauge(
+                "container_jobs_host_running_jobs", "Jobs held by workers.", labels=["host"]
+            ),
+            "capacity": gauge(
+                "container_jobs_host_capacity", "max_concurrent_jobs of the host.", labels=["host"]
+            ),
+        }
+        for host in overview.host_summaries():
+            families["healthy"].add_metric([host.name], 1 if host.healthy else 0)
+            families["failures"].add_metric([host.name], host.failures)
+            families["running"].add_metric([host.name], host.running)
+            families["capacity"].add_metric([host.name], host.capacity)
+        yield from families.values()
+
+    def _workers(self, gauge: Any) -> Iterator[Any]:
+        seen = gauge(
+            "container_jobs_worker_last_seen_timestamp_seconds",
+            "When a worker last renewed a lease (derived from the jobs it holds).",
+            labels=["worker"],
+        )
+        held = gauge("container_jobs_worker_jobs", "Jobs a worker holds.", labels=["worker"])
+        for worker in overview.workers_seen():
+            seen.add_metric([worker.worker_id], worker.last_seen.timestamp())
+            held.add_metric([worker.worker_id], worker.jobs)
+        yield seen
+        yield held
+
+
+class _Series:
+    """One histogram series kept in memory: per-bucket counts, count and sum."""
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * len(bounds)
+        self.count = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        index = bisect.bisect_left(self.bounds, value)
+        if index < len(self.bounds):
+            self.counts[index] += 1
+        self.count += 1
+        self.sum += value
+
+    def cumulative(self) -> list[int]:
+        total, result = 0, []
+        for n in self.counts:
+            total += n
+            result.append(total)
+        return result
+
+
+class ObservedCollector:
+    """Histograms fed by the ``job_started`` / ``job_finished`` signals of this process."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.latency = _Series(LATENCY_BUCKETS)
+        self.durations: dict[str, _Series] = {}
+
+    def on_started(self, sender: Any, job: ContainerJob, **kwargs: Any) -> None:
+        if job.started_at and job.created_at:
+            with self._lock:
+                self.latency.observe((job.started_at - job.created_at).total_seconds())
+
+    def on_finished(self, sender: Any, job: ContainerJob, status: JobStatus, **kwargs: Any) -> None:
+        if job.started_at and job.completed_at:
+            with self._lock:
+                series = self.durations.setdefault(str(status), _Series(DURATION_BUCKETS))
+                series.observe((job.completed_at - job.started_at).total_seconds())
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        with self._lock:
+            latency = HistogramMetricFamily(
+                "container_jobs_observed_launch_latency_seconds",
+                "Seconds from submission to container start, observed by this process.",
+            )
+            latency.add_metric(
+                [],
+                _buckets(LATENCY_BUCKETS, self.latency.cumulative(), self.latency.count),
+                self.latency.sum,
+            )
+            duration = HistogramMetricFamily(
+                "container_jobs_observed_duration_seconds",
+                "Seconds from container start to the end, observed by this process.",
+                labels=["status"],
+            )
+            for status, series in sorted(self.durations.items()):
+                buckets = _buckets(DURATION_BUCKETS, series.cumulative(), series.count)
+                duration.add_metric([status], buckets, series.sum)
+        yield latency
+        yield duration
+
+
+#: This process's signal-fed histograms (connected by :func:`connect_signal_metrics`).
+observed: ObservedCollector | None = None
+_connect_lock = threading.Lock()
+
+
+def connect_signal_metrics() -> ObservedCollector:
+    """Start observing this process's jobs through the signals; idempotent."""
+    global observed
+    with _connect_lock:
+        if observed is None:
+            observed = ObservedCollector()
+            job_started.connect(observed.on_started, dispatch_uid="container_jobs_metrics_started")
+            job_finished.connect(
+                observed.on_finished, dispatch_uid="container_jobs_metrics_finished"
+            )
+        return observed
+
+
+def disconnect_signal_metrics() -> None:
+    """Stop observing (and forget what was observed)."""
+    global observed
+    with _connect_lock:
+        job_started.disconnect(dispatch_uid="container_jobs_metrics_started")
+        job_finished.disconnect(dispatch_uid="container_jobs_metrics_finished")
+        observed = None
+
+
+def _registry(prometheus: ModuleType, *, database: bool = True) -> Any:
+    registry = prometheus.CollectorRegistry(auto_describe=False)
+    if database:
+        registry.register(DatabaseCollector())
+    if observed is not None:
+        registry.register(observed)
+    return registry
+
+
+def metrics_view(request: HttpRequest) -> HttpResponse:
+    """The Prometheus endpoint; 501 when prometheus-client is not installed."""
+    prometheus = _prometheus()
+    if prometheus is None:
+        return HttpResponse(MISSING, status=501, content_type="text/plain; charset=utf-8")
+    body = prometheus.generate_latest(_registry(prometheus))
+    return HttpResponse(body, content_type=prometheus.CONTENT_TYPE_LATEST)
+
+
+def start_worker_metrics_server(port: int, addr: str = "127.0.0.1") -> Any:
+    """Serve this worker process's observed histograms on ``addr:port`` (a daemon thread);
+    returns prometheus-client's ``(server, thread)``: ``server.shutdown()`` stops it.
+
+    The database figures are left to the web endpoint, so that N workers do not each query
+    them."""
+    prometheus = _prometheus()
+    if prometheus is None:
+        from .exceptions import ConfigurationError
+
+        raise ConfigurationError(MISSING.strip())
+    connect_signal_metrics()
+    return prometheus.start_http_server(
+        port, addr=addr, registry=_registry(prometheus, database=False)
+    )

@@ -1,0 +1,511 @@
+"""Models: engine hosts, jobs, one row per launch attempt, environment templates.
+
+Status strings exist once, in :class:`JobStatus`. Every status change goes through a
+transition method of :class:`ContainerJob`, which writes only the fields it changes and
+only if the job is still in the state the caller saw (a conditional UPDATE), so that a
+worker whose lease was taken over can never overwrite the new owner's record.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+import uuid
+from collections.abc import Sequence
+from datetime import datetime
+from typing import Any, ClassVar
+
+from django.core.exceptions import ValidationError
+from django.core.validators import MaxValueValidator, MinValueValidator
+from django.db import models
+from django.db.models import Q
+from django.utils import timezone
+
+from .conf import get_settings
+from .environment import merge_environments, parse_environment
+from .exceptions import InvalidJobError, JobStateError
+
+__all__ = [
+    "ContainerJob",
+    "EnvironmentVariableTemplate",
+    "ExecutorHost",
+    "JobAttempt",
+    "JobStatus",
+    "WorkerHeartbeat",
+]
+
+# A pragmatic subset of the distribution reference grammar: [registry[:port]/]path[:tag][@digest]
+_IMAGE_REF = re.compile(
+    r"^(?:(?P<registry>[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?)/)?"
+    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
+    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
+    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
+)
+_ENGINE_URL = re.compile(r"^(unix://(/[^\s]+)|tcp://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
+
+
+class JobStatus(models.TextChoices):
+    """The one status type of a job."""
+
+    QUEUED = "queued", "Queued"
+    LAUNCHING = "launching", "Launching"
+    RUNNING = "running", "Running"
+    COMPLETED = "completed", "Completed"
+    FAILED = "failed", "Failed"
+    TIMEOUT = "timeout", "Timed out"
+    CANCELLED = "cancelled", "Cancelled"
+
+    @classmethod
+    def terminal(cls) -> frozenset[JobStatus]:
+        """Statuses a job never leaves on its own."""
+        return frozenset({cls.COMPLETED, cls.FAILED, cls.TIMEOUT, cls.CANCELLED})
+
+    @classmethod
+    def active(cls) -> frozenset[JobStatus]:
+        """Statuses of a job a worker holds (it may have a container on an engine)."""
+        return frozenset({cls.LAUNCHING, cls.RUNNING})
+
+    @property
+    def is_terminal(self) -> bool:
+        return self in JobStatus.terminal()
+
+
+def validate_image_reference(value: str) -> None:
+    """Reject an empty or malformed image reference."""
+    if not value or not value.strip():
+        raise ValidationError("An image is required (for example 'busybox:latest').")
+    if len(value) > 500 or not _IMAGE_REF.match(value):
+        raise ValidationError(
+            f"{value!r} is not a valid image reference: expected"
+            " [registry/]name[:tag][@sha256:digest] with a lower-case name."
+        )
+
+
+def validate_engine_url(value: str) -> None:
+    """Accept ``unix:///path/to/socket`` or ``tcp://host:port``."""
+    if not _ENGINE_URL.match(value or ""):
+        raise ValidationError(
+            f"{value!r} is not an engine URL: use unix:///path/to/docker.sock or tcp://host:port."
+        )
+
+
+def validate_environment_text(value: str) -> None:
+    """Reject environment text that is not KEY=VALUE lines."""
+    try:
+        parse_environment(value)
+    except InvalidJobError as err:
+        raise ValidationError(str(err)) from err
+
+
+def validate_command(value: str) -> None:
+    """Reject a command that shlex cannot split (unbalanced quotes)."""
+    try:
+        shlex.split(value or "")
+    except ValueError as err:
+        raise ValidationError(f"The command cannot be split into arguments: {err}.") from err
+
+
+def validate_labels(value: object) -> str:
+    """'' when ``value`` is a dict of simple string labels, else what is wrong."""
+    if not isinstance(value, dict):
+        return "Labels must be a mapping of name to value."
+    for name, label in value.items():
+        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", name):
+            return f"{name!r} is not a valid label name (letters, digits, '.', '-', '_')."
+        if not isinstance(label, str | int | float | bool):
+            return f"Label {name!r} must have a plain value, not {type(label).__name__}."
+    return ""
+
+
+def parse_labels(items: Sequence[str]) -> dict[str, str]:
+    """``["gpu", "region=eu"]`` -> ``{"gpu": "true", "region": "eu"}``."""
+    labels: dict[str, str] = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        labels[name.strip()] = value.strip() if sep else "true"
+    return labels
+
+
+class ExecutorHost(models.Model):
+    """A container engine the app can run jobs on."""
+
+    name = models.CharField(max_length=100, unique=True)
+    connection_string = models.CharField(
+        "engine URL",
+        max_length=500,
+        validators=[validate_engine_url],
+        help_text="unix:///var/run/docker.sock or tcp://host:2376",
+    )
+    executor_type = models.CharField(
+        max_length=50, default="docker", help_text="Alias of the executor in CONTAINER_MANAGER"
+    )
+    tls_enabled = models.BooleanField(default=False)
+    tls_verify = models.BooleanField(default=True)
+    tls_ca_cert = models.CharField("CA certificate path", max_length=500, blank=True)
+    tls_client_cert = models.CharField("client certificate path", max_length=500, blank=True)
+    tls_client_key = models.CharField("client key path", max_length=500, blank=True)
+    auto_pull_images = models.BooleanField(default=True)
+    max_concurrent_jobs = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
+    )
+    weight = models.PositiveIntegerField(
+        default=100, validators=[MinValueValidator(1), MaxValueValidator(1000)]
+    )
+    is_active = models.BooleanField(
+        default=True, help_text="Takes new jobs (off: drained; running jobs finish)"
+    )
+    labels = models.JSONField(
+        default=dict, blank=True, help_text='Placement labels, e.g. {"gpu": "true", "region": "eu"}'
+    )
+    last_health_check = models.DateTimeField(null=True, blank=True)
+    last_healthy_at = models.DateTimeField(null=True, blank=True)
+    health_check_failures = models.PositiveIntegerField(default=0)
+    last_health_error = models.TextField(blank=True)
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.connection_string})"
+
+    def clean(self) -> None:
+        aliases = set(get_settings().EXECUTORS)
+        errors: dict[str, str] = {}
+        if self.executor_type not in aliases:
+            errors["executor_type"] = (
+                f"Unknown executor {self.executor_type!r}; registered: "
+                f"{', '.join(sorted(aliases))}."
+            )
+        if self.tls_enabled and not self.connection_string.startswith("tcp://"):
+            errors["tls_enabled"] = "TLS applies to tcp:// engine URLs only."
+        if bool(self.tls_client_cert) != bool(self.tls_client_key):
+            errors["tls_client_key"] = "Give both the client certificate and its key, or neither."
+        if label_error := validate_labels(self.labels):
+            errors["labels"] = label_error
+        if errors:
+            raise ValidationError(errors)
+
+    def record_health(self, healthy: bool, error: str = "") -> None:
+        """Record the outcome of a health check."""
+        self.last_health_check = timezone.now()
+        self.health_check_failures = 0 if healthy else self.health_check_failures + 1
+        self.last_health_error = "" if healthy else error
+        fields = ["last_health_check", "health_check_failures", "last_health_error"]
+        if healthy:
+            self.last_healthy_at = self.last_health_check
+            fields.append("last_healthy_at")
+        self.save(update_fields=fields)
+
+    @property
+    def is_healthy(self) -> bool:
+        """Fewer consecutive failed checks than UNHEALTHY_AFTER."""
+        return self.health_check_failures < get_settings().UNHEALTHY_AFTER
+
+    def effective_labels(self) -> dict[str, str]:
+        """The host's labels plus ``executor=<alias>``, as placement sees them."""
+        return {
+            **{str(k): str(v) for k, v in (self.labels or {}).items()},
+            "executor": self.executor_type,
+        }
+
+
+class EnvironmentVariableTemplate(models.Model):
+    """Named KEY=VALUE lines that jobs can share; a job's own lines win."""
+
+    name = models.CharField(max_length=100, unique=True)
+    description = models.TextField(blank=True)
+    environment_variables = models.TextField(
+        blank=True, validators=[validate_environment_text], help_text="KEY=VALUE, one per line"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+
+    def __str__(self) -> str:
+        return self.name
+
+
+class ContainerJob(models.Model):
+    """One job: a command in its own container, and its whole recorded life."""
+
+    id = models.UUIDField(primary_key=True, default=uuid.uuid4, editable=False)
+    docker_host = models.ForeignKey(
+        ExecutorHost,
+        on_delete=models.PROTECT,
+        related_name="jobs",
+        null=True,
+        blank=True,
+        help_text="Leave empty to let the queue place the job on a fitting host",
+    )
+    required_labels = models.JSONField(
+        default=dict, blank=True, help_text='Host labels the job needs, e.g. {"gpu": "true"}'
+    )
+    auto_placed = models.BooleanField(default=False, editable=False)
+    placement_reason = models.TextField(blank=True)
+    name = models.CharField(max_length=200, blank=True)
+    docker_image = models.CharField(max_length=500, validators=[validate_image_reference])
+    command = models.TextField(
+        blank=True,
+        validators=[validate_command],
+        help_text="Split with shlex; no shell unless you write one",
+    )
+    working_directory = models.CharField(max_length=500, blank=True)
+    environment_template = models.ForeignKey(
+        EnvironmentVariableTemplate,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="jobs",
+    )
+    override_environment = models.TextField(
+        blank=True, validators=[validate_environment_text], help_text="KEY=VALUE, one per line"
+    )
+    memory_limit = models.PositiveIntegerField("memory limit (MB)", null=True, blank=True)
+    cpu_limit = models.FloatField("CPU limit (cores)", null=True, blank=True)
+    timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
+    priority = models.IntegerField(default=0, help_text="Higher runs first")
+    max_retries = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(100)])
+    retry_on_failure = models.BooleanField(
+        default=False, help_text="Also retry when the command exits non-zero"
+    )
+    run_after = models.DateTimeField(null=True, blank=True, help_text="Not before this time")
+
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    attempt_count = models.PositiveIntegerField(default=0)
+    container_id = models.CharField(max_length=128, blank=True)
+    exit_code = models.IntegerField(null=True, blank=True)
+    oom_killed = models.BooleanField(default=False)
+    last_error = models.TextField(blank=True)
+    stdout_log = models.TextField(blank=True)
+    stderr_log = models.TextField(blank=True)
+    stdout_truncated = models.BooleanField(default=False)
+    stderr_truncated = models.BooleanField(default=False)
+    stdout_file = models.CharField(max_length=500, blank=True)
+    stderr_file = models.CharField(max_length=500, blank=True)
+    peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    cpu_seconds = models.FloatField(null=True, blank=True)
+
+    worker_id = models.CharField(max_length=200, blank=True)
+    lease_expires_at = models.DateTimeField(null=True, blank=True)
+    cancel_requested = models.BooleanField(default=False)
+
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    started_at = models.DateTimeField(null=True, blank=True)
+    completed_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["-created_at"]
+        indexes: ClassVar = [
+            models.Index(
+                fields=["docker_host", "-priority", "created_at"],
+                condition=Q(status="queued"),
+                name="cm_job_claim_idx",
+            ),
+            models.Index(
+                fields=["-priority", "created_at"],
+                condition=Q(status="queued", docker_host__isnull=True),
+                name="cm_job_open_claim_idx",
+            ),
+            models.Index(
+                fields=["lease_expires_at"],
+                condition=Q(status__in=["launching", "running"]),
+                name="cm_job_lease_idx",
+            ),
+            models.Index(fields=["docker_host", "status"], name="cm_job_host_status_idx"),
+            models.Index(fields=["status", "completed_at"], name="cm_job_status_done_idx"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.name or self.docker_image} [{self.status}]"
+
+    # ---- what to run -------------------------------------------------------------------
+
+    @property
+    def argv(self) -> list[str]:
+        """The command split into arguments (empty: the image's default command)."""
+        try:
+            return shlex.split(self.command or "")
+        except ValueError as err:
+            raise InvalidJobError(f"The command cannot be split into arguments: {err}") from err
+
+    @property
+    def environment(self) -> dict[str, str]:
+        """The merged environment: template first, the job's own lines win."""
+        template = parse_environment(
+            self.environment_template.environment_variables if self.environment_template else ""
+        )
+        return merge_environments(template, parse_environment(self.override_environment))
+
+    @property
+    def duration(self) -> float | None:
+        """Seconds from start to completion (or to now while running)."""
+        if not self.started_at:
+            return None
+        return ((self.completed_at or timezone.now()) - self.started_at).total_seconds()
+
+    def clean(self) -> None:
+        limits = get_settings()
+        errors: dict[str, str] = {}
+        if self.memory_limit is not None and not 6 <= self.memory_limit <= limits.MAX_MEMORY_MB:
+            errors["memory_limit"] = (
+                f"Memory limit must be between 6 and {limits.MAX_MEMORY_MB} MB,"
+                f" not {self.memory_limit}."
+            )
+        if self.cpu_limit is not None and not 0.01 <= self.cpu_limit <= limits.MAX_CPU_CORES:
+            errors["cpu_limit"] = (
+                f"CPU limit must be between 0.01 and {limits.MAX_CPU_CORES} cores,"
+                f" not {self.cpu_limit}."
+            )
+        if (
+            self.timeout_seconds is not None
+            and not 1 <= self.timeout_seconds <= limits.MAX_TIMEOUT_SECONDS
+        ):
+            errors["timeout_seconds"] = (
+                f"Timeout must be between 1 and {limits.MAX_TIMEOUT_SECONDS} seconds."
+            )
+        if self.working_directory and not self.working_directory.startswith("/"):
+            errors["working_directory"] = "The working directory must be an absolute path."
+        host = self.docker_host if self.docker_host_id is not None else None
+        if host is not None and not host.is_active:
+            errors["docker_host"] = f"Host {host.name!r} is not active."
+        if label_error := validate_labels(self.required_labels):
+            errors["required_labels"] = label_error
+        if errors:
+            raise ValidationError(errors)
+
+    # ---- transitions -------------------------------------------------------------------
+
+    def _transition(
+        self, allowed_from: frozenset[str], held_by: str | None, /, **changes: Any
+    ) -> bool:
+        """Write ``changes`` if the job is still in one of ``allowed_from`` (and held by
+        ``held_by`` when given). Returns whether the write took; the instance is updated."""
+        query = ContainerJob.objects.filter(pk=self.pk, status__in=allowed_from)
+        if held_by is not None:
+            query = query.filter(worker_id=held_by)
+        took = query.update(**changes) == 1
+        if took:
+            for name, value in changes.items():
+                setattr(self, name, value)
+        return took
+
+    def mark_running(self, worker_id: str, container_id: str) -> bool:
+        """The container started."""
+        return self._transition(
+            frozenset({JobStatus.LAUNCHING, JobStatus.RUNNING}),
+            worker_id,
+            status=JobStatus.RUNNING,
+            container_id=container_id,
+            started_at=self.started_at or timezone.now(),
+        )
+
+    def mark_finished(self, worker_id: str | None, status: JobStatus, **outcome: Any) -> bool:
+        """The job reached a terminal status; ``outcome`` carries exit code, logs, figures."""
+        if not status.is_terminal:
+            raise JobStateError(f"{status} is not a terminal status")
+        return self._transition(
+            JobStatus.active(),
+            worker_id,
+            status=status,
+            completed_at=timezone.now(),
+            worker_id="",
+            lease_expires_at=None,
+            **outcome,
+        )
+
+    def requeue(self, worker_id: str | None, run_after: datetime | None, error: str) -> bool:
+        """Put the job back in the queue for another attempt."""
+        return self._transition(
+            JobStatus.active(),
+            worker_id,
+            status=JobStatus.QUEUED,
+            run_after=run_after,
+            last_error=error,
+            started_at=None,  # the next attempt's deadline counts from its own start
+            container_id="",
+            worker_id="",
+            lease_expires_at=None,
+        )
+
+    def mark_lost(self, reason: str) -> bool:
+        """Its host stayed unreachable: queue it for another attempt (elsewhere, when the
+        queue placed it), whoever held it. The old container, should the host come back,
+        is a stale attempt: stopped and removed, never counted."""
+        changes: dict[str, Any] = {
+            "status": JobStatus.QUEUED,
+            "run_after": None,
+            "last_error": reason,
+            "container_id": "",
+            "worker_id": "",
+            "lease_expires_at": None,
+        }
+        if self.auto_placed:
+            changes.update(
+                docker_host=None, auto_placed=False, placement_reason=f"Re-placing: {reason}"
+            )
+        return self._transition(JobStatus.active(), None, **changes)
+
+    def cancel(self) -> bool:
+        """Cancel a waiting job at once; ask the worker holding a running one to stop it.
+
+        Returns True when the job is (or will be) cancelled; idempotent.
+        """
+        if self._transition(
+            frozenset({JobStatus.QUEUED}),
+            None,
+            status=JobStatus.CANCELLED,
+            completed_at=timezone.now(),
+            last_error="Cancelled before launch.",
+        ):
+            return True
+        if self._transition(JobStatus.active(), None, cancel_requested=True):
+            return True
+        self.refresh_from_db(fields=["status"])
+        return self.status == JobStatus.CANCELLED
+
+
+class JobAttempt(models.Model):
+    """One launch attempt of a job: where, which container, and how it ended."""
+
+    job = models.ForeignKey(ContainerJob, on_delete=models.CASCADE, related_name="attempts")
+    number = models.PositiveIntegerField()
+    host = models.ForeignKey(ExecutorHost, on_delete=models.PROTECT, related_name="attempts")
+    worker_id = models.CharField(max_length=200, blank=True)
+    container_name = models.CharField(max_length=200)
+    container_id = models.CharField(max_length=128, blank=True)
+    status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.LAUNCHING)
+    exit_code = models.IntegerField(null=True, blank=True)
+    oom_killed = models.BooleanField(default=False)
+    error = models.TextField(blank=True)
+    started_at = models.DateTimeField(default=timezone.now)
+    finished_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        ordering: ClassVar = ["job", "number"]
+        constraints: ClassVar = [
+            models.UniqueConstraint(fields=["job", "number"], name="cm_attempt_unique_number")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.job_id} attempt {self.number} [{self.status}]"
+
+
+class WorkerHeartbeat(models.Model):
+    """A worker process's last sign of life: written when it starts and every
+    ``LEASE_SECONDS / 3`` (idle or not), deleted when it exits cleanly."""
+
+    worker_id = models.CharField(max_length=200, primary_key=True)
+    hostname = models.CharField(max_length=255, blank=True)
+    pid = models.PositiveIntegerField(null=True, blank=True)
+    concurrency = models.PositiveIntegerField(default=1)
+    running_jobs = models.PositiveIntegerField(default=0)
+    started_at = models.DateTimeField(default=timezone.now)
+    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+
+    class Meta:
+        ordering: ClassVar = ["worker_id"]
+
+    def __str__(self) -> str:
+        return f"{self.worker_id} ({self.running_jobs}/{self.concurrency})"

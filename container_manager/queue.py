@@ -1,0 +1,422 @@
+"""The queue: submit jobs, claim them atomically, retry policy and backoff, cancel.
+
+Claiming is one short transaction with no engine call inside it. On PostgreSQL the
+candidate rows are taken with ``SELECT ... FOR UPDATE SKIP LOCKED`` and the hosts' rows are
+locked so that ``max_concurrent_jobs`` holds across all workers; on SQLite the transaction
+takes the write lock up front (``transaction_mode=IMMEDIATE``), which serialises claimers.
+"""
+
+from __future__ import annotations
+
+import random
+import shlex
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any
+
+from django.core.exceptions import ValidationError
+from django.db import connection, transaction
+from django.db.models import Count, F, Q, QuerySet
+from django.utils import timezone
+
+from .conf import get_settings
+from .environment import format_environment
+from .exceptions import ConfigurationError, InvalidJobError, JobStateError
+from .executors import executor_class
+from .executors.base import container_name
+from .health import healthy_hosts
+from .models import (
+    ContainerJob,
+    EnvironmentVariableTemplate,
+    ExecutorHost,
+    JobAttempt,
+    JobStatus,
+    parse_labels,
+)
+from .notify import notify_new_job
+from .placement import HostRoom, OpenJob, choose_host
+from .signals import job_finished, job_queued, send
+
+__all__ = [
+    "adopt_expired",
+    "backoff_delay",
+    "cancel",
+    "claim",
+    "requeue_copy",
+    "resolve_host",
+    "retry",
+    "submit",
+]
+
+
+def resolve_host(host: ExecutorHost | str | int) -> ExecutorHost:
+    """An ExecutorHost from an instance, a name or a primary key; a clear error otherwise."""
+    if isinstance(host, ExecutorHost):
+        return host
+    lookup = Q(name=host) | (Q(pk=host) if str(host).isdigit() else Q())
+    found = ExecutorHost.objects.filter(lookup).first()
+    if found is None:
+        known = ", ".join(ExecutorHost.objects.values_list("name", flat=True)) or "none registered"
+        raise InvalidJobError(f"Unknown host {host!r} (known hosts: {known})")
+    return found
+
+
+def _validation_message(err: ValidationError) -> str:
+    if hasattr(err, "message_dict"):
+        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in err.message_dict.items())
+    return " ".join(err.messages)
+
+
+def submit(
+    *,
+    image: str,
+    host: ExecutorHost | str | int | None = None,
+    labels: Mapping[str, str] | Sequence[str] | None = None,
+    command: str | Sequence[str] = "",
+    name: str = "",
+    environment: Mapping[str, str] | str | None = None,
+    template: EnvironmentVariableTemplate | str | None = None,
+    memory_limit: int | None = None,
+    cpu_limit: float | None = None,
+    timeout_seconds: int | None = None,
+    priority: int = 0,
+    max_retries: int = 0,
+    retry_on_failure: bool = False,
+    run_after: datetime | None = None,
+    working_directory: str = "",
+) -> ContainerJob:
+    """Validate and queue a job; returns the saved job. Bad input raises InvalidJobError.
+
+    ``host`` names the engine host; without it the queue places the job on a fitting host
+    (one carrying every label in ``labels``: ``{"gpu": "true"}`` or ``["gpu", "region=eu"]``).
+
+    ``command`` is a string split with shlex, or an argv list (no shell either way unless
+    you write one, e.g. ``["sh", "-c", "..."]``).
+    """
+    if isinstance(template, str):
+        template = EnvironmentVariableTemplate.objects.filter(
+            name=template
+        ).first() or _no_template(template)
+    job = ContainerJob(
+        docker_host=resolve_host(host) if host is not None else None,
+        required_labels=dict(labels) if isinstance(labels, Mapping) else parse_labels(labels or []),
+        name=name,
+        docker_image=image,
+        command=command if isinstance(command, str) else shlex.join(command),
+        override_environment=(
+            environment if isinstance(environment, str) else format_environment(environment or {})
+        ),
+        environment_template=template,
+        memory_limit=memory_limit,
+        cpu_limit=cpu_limit,
+        timeout_seconds=timeout_seconds,
+        priority=priority,
+        max_retries=max_retries,
+        retry_on_failure=retry_on_failure,
+        run_after=run_after,
+        working_directory=working_directory,
+    )
+    try:
+        job.full_clean()
+    except ValidationError as err:
+        raise InvalidJobError(f"Invalid job: {_validation_message(err)}") from err
+    job.save()
+    _queued(job)
+    return job
+
+
+def _queued(job: ContainerJob) -> None:
+    notify_new_job()
+    transaction.on_commit(lambda: send(job_queued, job))
+
+
+def _no_template(name: str) -> EnvironmentVariableTemplate:
+    raise InvalidJobError(f"Unknown environment template {name!r}")
+
+
+def backoff_delay(attempt: int) -> float:
+    """Seconds before retry number ``attempt`` (1-based): exponential, capped, with jitter."""
+    conf = get_settings()
+    exponent = min(max(attempt - 1, 0), 64)  # 2**64 * base exceeds any sane cap; no overflow
+    ceiling = min(conf.RETRY_BACKOFF_MAX, conf.RETRY_BACKOFF_BASE * 2**exponent)
+    return random.uniform(ceiling / 2, ceiling)
+
+
+@dataclass(frozen=True)
+class Claimed:
+    """A job a worker now holds, and whether it was adopted from an expired lease."""
+
+    job: ContainerJob
+    adopted: bool
+
+
+@dataclass(frozen=True)
+class _Candidate:
+    job: ContainerJob
+    placement: OpenJob | None = None
+
+    @property
+    def order(self) -> tuple[int, datetime]:
+        return -self.job.priority, self.job.created_at
+
+
+def _pinned_candidates(rooms: dict[int, HostRoom], limit: int, now: datetime) -> list[_Candidate]:
+    """Due jobs of each host with room. One query per host: each is an ordered scan of that
+    host's part of the partial claim index, so its cost does not grow with the number of
+    waiting jobs (nor with other hosts' backlogs)."""
+    found: list[_Candidate] = []
+    for room in rooms.values():
+        if room.free <= 0:
+            continue
+        for job in _due(now).filter(docker_host=room.pk)[: min(room.free, limit)]:
+            job.docker_host = room.host  # the row this claim has locked: no second read
+            found.append(_Candidate(job))
+    return found
+
+
+def _open_candidates(limit: int, now: datetime) -> list[_Candidate]:
+    """Due jobs that name no host, best first."""
+    query = _due(now).filter(docker_host__isnull=True)[:limit]
+    return [
+        _Candidate(
+            job, OpenJob(dict(job.required_labels or {}), bool(job.memory_limit or job.cpu_limit))
+        )
+        for job in query
+    ]
+
+
+def _due(now: datetime) -> QuerySet[ContainerJob]:
+    query = (
+        ContainerJob.objects.filter(status=JobStatus.QUEUED)
+        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+        .order_by("-priority", "created_at")
+        .defer("stdout_log", "stderr_log")  # a retried job's old output: not needed to run it
+    )
+    if _supports_skip_locked():
+        query = query.select_for_update(skip_locked=True, of=("self",))
+    return query
+
+
+def _rooms(hosts: Sequence[str] | None) -> dict[int, HostRoom]:
+    """Active, healthy hosts (locked, on PostgreSQL, for the claim) with their load."""
+    query = healthy_hosts()
+    if hosts:
+        query = query.filter(name__in=hosts)
+    if _supports_skip_locked():
+        query = query.select_for_update()
+    found = list(query)
+    busy = dict(
+        ContainerJob.objects.filter(docker_host__in=found, status__in=JobStatus.active())
+        .values_list("docker_host")
+        .annotate(n=Count("pk"))
+    )
+    return {
+        h.pk: HostRoom(
+            h.pk,
+            h.name,
+            h.effective_labels(),
+            h.weight,
+            h.max_concurrent_jobs,
+            busy.get(h.pk, 0),
+            _supports_limits(h.executor_type),
+            host=h,
+        )
+        for h in found
+    }
+
+
+def _supports_limits(alias: str) -> bool:
+    try:
+        return executor_class(alias).supports_resource_limits
+    except ConfigurationError:
+        return False
+
+
+def _select(
+    candidates: list[_Candidate], rooms: dict[int, HostRoom], limit: int
+) -> tuple[list[ContainerJob], dict[int, tuple[list[ContainerJob], str]], dict[str, list[object]]]:
+    """Walk candidates best first: pinned jobs take their host's room, open jobs are placed.
+    Returns pinned picks, placed picks by host (with the reason), and waiting reasons."""
+    pinned: list[ContainerJob] = []
+    placed: dict[int, tuple[list[ContainerJob], str]] = {}
+    waiting: dict[str, list[object]] = {}
+    hosts = list(rooms.values())
+    for cand in sorted(candidates, key=lambda c: c.order):
+        if len(pinned) + sum(len(p) for p, _ in placed.values()) >= limit:
+            break
+        if cand.placement is None:
+            room = rooms[cand.job.docker_host_id]  # type: ignore[index]
+            if room.free > 0:
+                room.busy += 1
+                pinned.append(cand.job)
+            continue
+        host, reason = choose_host(cand.placement, hosts)
+        if host is None:
+            waiting.setdefault(reason, []).append(cand.job.pk)
+            continue
+        host.busy += 1
+        placed.setdefault(host.pk, ([], reason))[0].append(cand.job)
+    return pinned, placed, waiting
+
+
+def _supports_skip_locked() -> bool:
+    return connection.features.has_select_for_update_skip_locked
+
+
+def claim(worker_id: str, limit: int, *, hosts: Sequence[str] | None = None) -> list[Claimed]:
+    """Take up to ``limit`` due jobs for ``worker_id``: highest priority first, then oldest,
+    never more on a host than its ``max_concurrent_jobs`` counting every worker's jobs, and
+    only on active, healthy hosts. Jobs that name no host are placed (see placement.py);
+    those that cannot be placed wait, with the reason in ``placement_reason``.
+
+    Each claimed job is LAUNCHING with a new attempt number and a lease (the worker writes
+    the attempt's row when it starts on it).
+    """
+    if limit <= 0:
+        return []
+    now = timezone.now()
+    claimed: dict[str, Any] = {
+        "status": JobStatus.LAUNCHING,
+        "worker_id": worker_id,
+        "lease_expires_at": now + timedelta(seconds=get_settings().LEASE_SECONDS),
+        "cancel_requested": False,
+    }
+    with transaction.atomic():
+        rooms = _rooms(hosts)
+        candidates = _pinned_candidates(rooms, limit, now) + _open_candidates(limit, now)
+        pinned, placed, waiting = _select(candidates, rooms, limit)
+        if pinned:
+            _take(pinned, claimed)
+        for host_pk, (jobs, reason) in placed.items():
+            host = rooms[host_pk].host
+            _take(jobs, {**claimed, "docker_host": host, "auto_placed": True,
+                         "placement_reason": reason})  # fmt: skip
+        for reason, pks in waiting.items():
+            ContainerJob.objects.filter(pk__in=pks).exclude(placement_reason=reason).update(
+                placement_reason=reason
+            )
+    picked = pinned + [job for jobs, _ in placed.values() for job in jobs]
+    picked.sort(key=lambda j: (-j.priority, j.created_at))
+    return [Claimed(job, adopted=False) for job in picked]
+
+
+def _take(jobs: list[ContainerJob], changes: dict[str, Any]) -> None:
+    """Claim ``jobs`` (rows this transaction has locked) in one UPDATE; the instances are
+    brought up to date instead of being read again."""
+    ContainerJob.objects.filter(pk__in=[j.pk for j in jobs]).update(
+        attempt_count=F("attempt_count") + 1, **changes
+    )
+    for job in jobs:
+        job.attempt_count += 1
+        for name, value in changes.items():
+            setattr(job, name, value)
+
+
+def record_attempt(job: ContainerJob, *, adopted: bool = False) -> None:
+    """Write the row of the job's current attempt. A fresh claim's attempt number is new: one
+    plain INSERT. An adopted attempt may have its row already (kept as it is)."""
+    row = JobAttempt(
+        job=job,
+        number=job.attempt_count,
+        host=job.docker_host,
+        worker_id=job.worker_id,
+        container_name=container_name(job.pk, job.attempt_count),
+    )
+    if adopted:
+        JobAttempt.objects.bulk_create([row], ignore_conflicts=True)
+    else:
+        row.save(force_insert=True)
+
+
+def adopt_expired(worker_id: str, limit: int) -> list[Claimed]:
+    """Take over up to ``limit`` jobs whose worker's lease ran out (it died or was cut off)."""
+    if limit <= 0:
+        return []
+    now = timezone.now()
+    lease_until = now + timedelta(seconds=get_settings().LEASE_SECONDS)
+    expired = list(
+        ContainerJob.objects.filter(status__in=JobStatus.active(), lease_expires_at__lt=now)
+        .order_by("lease_expires_at")
+        .values_list("pk", "worker_id")[:limit]
+    )
+    taken = [
+        pk
+        for pk, old_worker in expired
+        if ContainerJob.objects.filter(
+            pk=pk, worker_id=old_worker, status__in=JobStatus.active(), lease_expires_at__lt=now
+        ).update(worker_id=worker_id, lease_expires_at=lease_until)
+    ]
+    jobs = ContainerJob.objects.filter(pk__in=taken).select_related("docker_host")
+    return [Claimed(job, adopted=True) for job in jobs]
+
+
+def _get(job: ContainerJob | str) -> ContainerJob:
+    if isinstance(job, ContainerJob):
+        return job
+    try:
+        return ContainerJob.objects.get(pk=job)
+    except (ContainerJob.DoesNotExist, ValidationError) as err:
+        raise InvalidJobError(f"No job with id {job!r}") from err
+
+
+def retry(job: ContainerJob | str) -> ContainerJob:
+    """Queue an ended job again, as a new attempt of the same job (its history is kept).
+
+    Raises JobStateError for a job that has not ended."""
+    job = _get(job)
+    took = job._transition(
+        JobStatus.terminal(),
+        None,
+        status=JobStatus.QUEUED,
+        run_after=None,
+        container_id="",
+        exit_code=None,
+        oom_killed=False,
+        started_at=None,  # the new attempt's deadline counts from its own start
+        completed_at=None,
+        cancel_requested=False,
+    )
+    if not took:
+        raise JobStateError(
+            f"Job {job.pk} has not ended ({job.status}); only ended jobs are retried"
+        )
+    job.refresh_from_db()
+    _queued(job)
+    return job
+
+
+def requeue_copy(job: ContainerJob | str) -> ContainerJob:
+    """Submit a fresh copy of a job (same image, command, limits, environment, host)."""
+    job = _get(job)
+    copy = ContainerJob.objects.create(
+        # A job the queue had placed is placed afresh; one that named its host keeps it.
+        docker_host=None if job.auto_placed else job.docker_host,
+        required_labels=dict(job.required_labels),
+        name=job.name,
+        docker_image=job.docker_image,
+        command=job.command,
+        working_directory=job.working_directory,
+        environment_template=job.environment_template,
+        override_environment=job.override_environment,
+        memory_limit=job.memory_limit,
+        cpu_limit=job.cpu_limit,
+        timeout_seconds=job.timeout_seconds,
+        priority=job.priority,
+        max_retries=job.max_retries,
+        retry_on_failure=job.retry_on_failure,
+    )
+    _queued(copy)
+    return copy
+
+
+def cancel(job: ContainerJob | str) -> bool:
+    """Cancel a job (by instance or id). A waiting job never launches; a running one is
+    stopped by the worker that holds it. Idempotent; False for a job that already ended
+    otherwise."""
+    job = _get(job)
+    was_waiting = job.status == JobStatus.QUEUED
+    cancelled = job.cancel()
+    if cancelled and was_waiting and job.status == JobStatus.CANCELLED:
+        send(job_finished, job, status=JobStatus.CANCELLED)
+    return cancelled

@@ -1,0 +1,1 @@
+"""Helpers for testing code that uses container_manager: factories and the fake executor."""

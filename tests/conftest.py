@@ -1,0 +1,161 @@
+"""Shared fixtures.
+
+Real services: a test that needs the Docker engine uses ``docker_client`` / ``engine_host``;
+when no engine answers it is skipped locally and FAILS under CI (``CI`` set), so a missing
+service can never pass silently. Every container the tests create carries the label
+``container_manager.test-session=<id>`` and is removed at the end of the session; nothing
+else is touched.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from container_manager.executors import reset_executors
+from container_manager.executors.fake import FakeExecutor
+
+ENGINE_URL = os.environ.get("CONTAINER_JOBS_TEST_ENGINE", "unix:///var/run/docker.sock")
+SESSION_LABEL = "container_manager.test-session"
+SESSION_ID = uuid.uuid4().hex[:12]
+
+
+def _require(reason: str) -> None:
+    if os.environ.get("CI"):
+        pytest.fail(f"required service missing under CI: {reason}")
+    pytest.skip(reason)
+
+
+@pytest.fixture(autouse=True)
+def _isolation(settings: Any) -> Iterator[None]:
+    """Label every container with this session's id; fresh executors and fake engines."""
+    settings.CONTAINER_MANAGER = {
+        **getattr(settings, "CONTAINER_MANAGER", {}),
+        "CONTAINER_LABELS": {SESSION_LABEL: SESSION_ID},
+    }
+    reset_executors()
+    FakeExecutor.reset()
+    yield
+    reset_executors()
+    FakeExecutor.reset()
+
+
+@pytest.fixture(scope="session")
+def docker_client() -> Iterator[Any]:
+    """A raw Docker SDK client for the test engine, with the offline test image built."""
+    import docker
+
+    from container_manager.testing.images import build_busybox_image
+
+    try:
+        client = docker.DockerClient(base_url=ENGINE_URL, timeout=30)
+        client.ping()
+    except Exception as err:  # noqa: BLE001 - any failure means: no engine here
+        _require(f"no Docker engine answers at {ENGINE_URL}: {err}")
+    build_busybox_image(client)
+    yield client
+    for container in client.containers.list(
+        all=True, filters={"label": f"{SESSION_LABEL}={SESSION_ID}"}
+    ):
+        container.remove(force=True)
+    client.close()
+
+
+@pytest.fixture
+def test_image(docker_client: Any) -> str:
+    from container_manager.testing.images import TEST_IMAGE
+
+    return TEST_IMAGE
+
+
+@pytest.fixture
+def engine_host(db: Any, docker_client: Any) -> Any:
+    """An ExecutorHost row for the real test engine (images are local: no pulls)."""
+    from container_manager.models import ExecutorHost
+
+    return ExecutorHost.objects.create(
+        name="local-engine",
+        connection_string=ENGINE_URL,
+        executor_type="docker",
+        auto_pull_images=False,
+        max_concurrent_jobs=20,
+    )
+
+
+@pytest.fixture
+def fake_host(db: Any) -> Any:
+    from container_manager.models import ExecutorHost
+
+    return ExecutorHost.objects.create(
+        name="fake-engine", connection_string="unix:///fake/engine.sock", executor_type="fake"
+    )
+
+
+def until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) -> None:
+    """Wait until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"condition not reached in {timeout}s")
+
+
+def session_containers(client: Any) -> list[Any]:
+    """Containers this test session created on the engine behind ``client``."""
+    return client.containers.list(all=True, filters={"label": f"{SESSION_LABEL}={SESSION_ID}"})
+
+
+def job_containers(client: Any, *jobs: Any) -> list[Any]:
+    """Containers of these jobs (by the app's job label) in this session's containers: a test
+    that asserts on its own jobs is not disturbed by what another test left behind."""
+    ids = {str(job.pk) for job in jobs}
+    return [c for c in session_containers(client) if c.labels.get("container_manager.job") in ids]
+
+
+class StartRecorder:
+    """Counts container ``start`` events per job label, live (the engine keeps only its last
+    256 events, so counting afterwards loses some)."""
+
+    def __init__(self, client: Any) -> None:
+        import threading
+
+        self.counts: dict[str, int] = {}
+        self._stream = client.events(
+            decode=True,
+            filters={"event": "start", "label": f"{SESSION_LABEL}={SESSION_ID}"},
+        )
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        try:
+            for event in self._stream:
+                job = event.get("Actor", {}).get("Attributes", {}).get("container_manager.job")
+                if job:
+                    self.counts[job] = self.counts.get(job, 0) + 1
+        except Exception:  # noqa: BLE001 - the stream ends with an error when closed
+            return
+
+    def per_job(self, job_ids: Any, settle: float = 1.0) -> dict[str, int]:
+        """Start counts for ``job_ids`` (0 for a job never started), after ``settle`` s."""
+        import time
+
+        time.sleep(settle)
+        return {str(job_id): self.counts.get(str(job_id), 0) for job_id in job_ids}
+
+    def close(self) -> None:
+        self._stream.close()
+
+
+@pytest.fixture
+def start_recorder(docker_client: Any) -> Iterator[StartRecorder]:
+    recorder = StartRecorder(docker_client)
+    yield recorder
+    recorder.close()

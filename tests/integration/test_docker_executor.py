@@ -1,0 +1,317 @@
+"""DockerExecutor against the real engine: what the unit tests mock, done for real.
+
+Every container carries this session's label (specs are built with ``JobSpec.from_job`` or
+with ``extra_labels``) and each test removes what it created.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import suppress
+from typing import Any
+
+import docker
+import pytest
+
+from container_manager.exceptions import (
+    ContainerNotFoundError,
+    ExecutorConnectionError,
+    ImageUnavailableError,
+)
+from container_manager.executors.base import LABEL_JOB, LABEL_MANAGED, JobSpec
+from container_manager.executors.docker import DockerExecutor
+from container_manager.testing.factories import ContainerJobFactory, ExecutorHostFactory
+from tests.conftest import SESSION_ID, SESSION_LABEL
+
+pytestmark = [pytest.mark.docker, pytest.mark.django_db]
+
+#: A registry on loopback that refuses at once: a pull fails fast and goes nowhere.
+MISSING_IMAGE = "127.0.0.1:1/container-jobs/missing:latest"
+#: An engine URL where nothing answers.
+DEAD_ENGINE = "tcp://127.0.0.1:1"
+MiB = 1024 * 1024
+
+
+@pytest.fixture
+def executor(engine_host) -> Iterator[DockerExecutor]:
+    executor = DockerExecutor({"docker_host": engine_host})
+    yield executor
+    executor.close()
+
+
+@pytest.fixture
+def remove_later(docker_client) -> Iterator[Callable[[str], str]]:
+    """Register a container id to remove at the end of the test."""
+    created: list[str] = []
+
+    def register(container_id: str) -> str:
+        created.append(container_id)
+        return container_id
+
+    yield register
+    for container_id in created:
+        with suppress(docker.errors.NotFound):
+            docker_client.api.remove_container(container_id, force=True)
+
+
+@pytest.fixture
+def case_labels(settings) -> dict[str, str]:
+    """Labels that scope the app's containers to this one test (``CONTAINER_LABELS``), so
+    that listing and cleaning up cannot see any other test's containers."""
+    labels = {SESSION_LABEL: SESSION_ID, "container_manager.test-case": uuid.uuid4().hex}
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "CONTAINER_LABELS": labels}
+    return labels
+
+
+def _spec(image: str, *argv: str, labels: dict[str, str] | None = None, **kwargs: Any) -> JobSpec:
+    return JobSpec(
+        job_id=uuid.uuid4().hex,
+        attempt=1,
+        image=image,
+        argv=list(argv),
+        extra_labels=labels or {SESSION_LABEL: SESSION_ID},
+        **kwargs,
+    )
+
+
+def _output(executor: DockerExecutor, container_id: str, stream: str) -> bytes:
+    return b"".join(executor.iter_output(container_id, stream))
+
+
+def _containers_of(docker_client, spec: JobSpec) -> list[Any]:
+    return docker_client.containers.list(all=True, filters={"label": f"{LABEL_JOB}={spec.job_id}"})
+
+
+# ---- running -----------------------------------------------------------------------------
+
+
+def test_real_stdout_and_exit_code(executor, test_image, remove_later):
+    container_id = remove_later(executor.run(_spec(test_image, "sh", "-c", "echo hello; exit 3")))
+
+    assert executor.wait(container_id, timeout=30) == 3
+    state = executor.inspect(container_id)
+    assert state.status == "exited"
+    assert state.exit_code == 3
+    assert state.has_exited
+    assert state.started_at is not None
+    assert state.finished_at is not None  # (the engine may stamp it a hair before StartedAt)
+    assert _output(executor, container_id, "stdout") == b"hello\n"
+    assert executor.get_logs(container_id) == "hello\n"
+    assert executor.check_status(container_id) == "exited"
+
+
+def test_stderr_is_kept_apart_from_stdout(executor, test_image, remove_later):
+    script = "echo out-1; echo err-1 >&2; echo out-2; echo err-2 >&2"
+    container_id = remove_later(executor.run(_spec(test_image, "sh", "-c", script)))
+
+    assert executor.wait(container_id, timeout=30) == 0
+    assert _output(executor, container_id, "stdout") == b"out-1\nout-2\n"
+    assert _output(executor, container_id, "stderr") == b"err-1\nerr-2\n"
+    assert executor.get_logs(container_id, tail=1) in {"out-2\n", "err-2\n"}
+
+
+def test_environment_reaches_the_container(executor, engine_host, test_image, remove_later):
+    job = ContainerJobFactory(
+        docker_host=engine_host,
+        docker_image=test_image,
+        command="""sh -c 'echo "$GREETING|$EMPTY|$WITH_EQUALS"'""",
+        override_environment="GREETING=hello world\nEMPTY=\nWITH_EQUALS=a=b",
+    )
+
+    launched, container_id = executor.launch_job(job)
+    assert launched is True
+    remove_later(container_id)
+    assert executor.wait(container_id, timeout=30) == 0
+    assert _output(executor, container_id, "stdout") == b"hello world||a=b\n"
+
+
+def test_cpu_and_memory_limits_are_applied(
+    executor, engine_host, test_image, docker_client, remove_later
+):
+    job = ContainerJobFactory(
+        docker_host=engine_host, docker_image=test_image, memory_limit=64, cpu_limit=0.5
+    )
+
+    container_id = remove_later(executor.create_container(job))
+    attrs = docker_client.api.inspect_container(container_id)
+    assert attrs["HostConfig"]["Memory"] == 64 * MiB
+    assert attrs["HostConfig"]["MemorySwap"] == 64 * MiB
+    assert attrs["HostConfig"]["CpuPeriod"] == 100_000
+    assert attrs["HostConfig"]["CpuQuota"] == 50_000
+    assert attrs["Config"]["Labels"][LABEL_MANAGED] == "true"
+    assert attrs["Config"]["Labels"][SESSION_LABEL] == SESSION_ID
+    assert attrs["State"]["Status"] == "created"  # created, not started
+
+
+def test_a_memory_limit_really_kills(executor, test_image, remove_later):
+    spec = _spec(test_image, "sh", "-c", "x=a; while true; do x=$x$x; done", memory_limit_mb=8)
+    container_id = remove_later(executor.run(spec))
+
+    assert executor.wait(container_id, timeout=30) == 137
+    state = executor.inspect(container_id)
+    assert state.oom_killed is True
+    assert state.exit_code == 137
+
+
+def test_a_timeout_really_stops_the_container(executor, test_image, remove_later):
+    container_id = remove_later(executor.run(_spec(test_image, "sleep", "30")))
+
+    assert executor.wait(container_id, timeout=0.5) is None
+    assert executor.check_status(container_id) == "running"
+    assert executor.stop_container(container_id, grace=1) is True
+    state = executor.inspect(container_id)
+    assert state.status == "exited"
+    assert state.exit_code == 137  # sleep as PID 1 ignores SIGTERM: killed after the grace
+    assert executor.wait(container_id, timeout=5) == 137
+
+
+def test_run_twice_with_the_same_spec_returns_the_same_container(
+    executor, test_image, docker_client, remove_later
+):
+    spec = _spec(test_image, "sh", "-c", "echo once")
+
+    first = remove_later(executor.run(spec))
+    assert executor.wait(first, timeout=30) == 0
+    second = executor.run(spec)
+
+    assert second == first
+    assert executor.find_container(spec.name) == first
+    assert [c.id for c in _containers_of(docker_client, spec)] == [first]
+    # The exited container was not started again.
+    assert executor.get_logs(first) == "once\n"
+
+
+# ---- what goes wrong ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("auto_pull", "expected"),
+    [(True, "could not be pulled"), (False, "the host does not pull images")],
+    ids=["auto-pull", "no-pull"],
+)
+def test_a_missing_image_is_a_clear_error_and_leaves_nothing(
+    executor, docker_client, auto_pull, expected
+):
+    spec = _spec(MISSING_IMAGE, "true", auto_pull=auto_pull)
+
+    with pytest.raises(ImageUnavailableError) as raised:
+        executor.run(spec)
+    assert MISSING_IMAGE in str(raised.value)
+    assert expected in str(raised.value)
+    assert executor.find_container(spec.name) is None
+    assert _containers_of(docker_client, spec) == []
+
+
+def test_launch_job_with_a_missing_image(executor, engine_host, docker_client):
+    job = ContainerJobFactory(docker_host=engine_host, docker_image=MISSING_IMAGE)
+
+    launched, message = executor.launch_job(job)
+    assert launched is False
+    assert f"Image {MISSING_IMAGE!r} is not on the host" in message
+    assert _containers_of(docker_client, JobSpec.from_job(job)) == []
+
+
+def test_a_vanished_container(executor, test_image, docker_client, remove_later):
+    spec = _spec(test_image, "sleep", "30")
+    container_id = remove_later(executor.run(spec))
+    docker_client.api.remove_container(container_id, force=True)
+
+    assert executor.check_status(container_id) == "not-found"
+    assert "not found" in executor.get_logs(container_id).lower()
+    assert container_id in executor.get_logs(container_id)
+    assert executor.cleanup(container_id) is True
+    assert executor.stop_container(container_id, grace=0) is True
+    assert executor.find_container(spec.name) is None
+    with pytest.raises(ContainerNotFoundError):
+        executor.inspect(container_id)
+    with pytest.raises(ContainerNotFoundError):
+        executor.wait(container_id, timeout=1)
+
+
+def test_a_dead_engine():
+    host = ExecutorHostFactory(connection_string=DEAD_ENGINE, auto_pull_images=False)
+    job = ContainerJobFactory(docker_host=host, docker_image="busybox:latest")
+    executor = DockerExecutor({"docker_host": host})
+
+    assert executor.health_check() is False
+    launched, message = executor.launch_job(job)
+    assert launched is False
+    assert f"cannot reach the engine at {DEAD_ENGINE}" in message
+    with pytest.raises(ExecutorConnectionError):
+        executor.get_version()
+
+
+def test_cleanup_is_idempotent(executor, test_image, remove_later):
+    container_id = remove_later(executor.run(_spec(test_image, "true")))
+    assert executor.wait(container_id, timeout=30) == 0
+
+    assert executor.cleanup(container_id) is True
+    assert executor.cleanup(container_id) is True
+    assert executor.check_status(container_id) == "not-found"
+
+
+# ---- inspection and maintenance ----------------------------------------------------------
+
+
+def test_list_containers_returns_only_the_apps_containers(
+    executor, test_image, docker_client, remove_later
+):
+    spec = _spec(test_image, "true")
+    ours = remove_later(executor.run(spec))
+    # Same session label, but not the app's label: not one of ours.
+    unlabelled = docker_client.containers.create(
+        test_image, ["true"], labels={SESSION_LABEL: SESSION_ID}
+    )
+    try:
+        listed = {c["id"]: c for c in executor.list_containers()}
+    finally:
+        unlabelled.remove(force=True)
+
+    assert ours in listed
+    assert unlabelled.id not in listed
+    assert listed[ours]["name"] == spec.name
+    assert listed[ours]["image"] == test_image
+    assert listed[ours]["labels"][LABEL_JOB] == spec.job_id
+    assert all(c["labels"][LABEL_MANAGED] == "true" for c in listed.values())
+    assert all(c["labels"][SESSION_LABEL] == SESSION_ID for c in listed.values())
+
+
+def test_cleanup_old_containers_removes_only_old_exited_app_containers(
+    executor, test_image, docker_client, case_labels, remove_later
+):
+    old = remove_later(executor.run(_spec(test_image, "true", labels=case_labels)))
+    assert executor.wait(old, timeout=30) == 0
+    recent = remove_later(executor.run(_spec(test_image, "true", labels=case_labels)))
+    assert executor.wait(recent, timeout=30) == 0
+    running = remove_later(executor.run(_spec(test_image, "sleep", "30", labels=case_labels)))
+    foreign = remove_later(
+        docker_client.containers.run(test_image, ["true"], labels=case_labels, detach=True).id
+    )
+    assert docker_client.api.wait(foreign, timeout=30)["StatusCode"] == 0
+
+    cutoff = executor.inspect(recent).finished_at
+    assert cutoff is not None
+    assert executor.inspect(old).finished_at < cutoff
+
+    assert executor.cleanup_old_containers(cutoff) == 1
+    assert executor.check_status(old) == "not-found"
+    assert executor.check_status(recent) == "exited"
+    assert executor.check_status(running) == "running"
+    assert docker_client.containers.get(foreign).status == "exited"
+    assert {c["id"] for c in executor.list_containers()} == {recent, running}
+
+
+def test_get_resource_usage_of_a_running_container(executor, test_image, remove_later):
+    container_id = remove_later(executor.run(_spec(test_image, "sleep", "30")))
+
+    usage = executor.get_resource_usage(container_id)
+    assert usage["memory_usage"] > 0
+    assert usage["cpu_usage"] >= 0
+    assert usage["memory_limit"] > 0
+    assert executor.get_container_stats(container_id)["memory_usage"] > 0
+
+
+def test_health_check_and_version_of_the_real_engine(executor, docker_client):
+    assert executor.health_check() is True
+    assert executor.get_version() == docker_client.version()["Version"]

@@ -1,0 +1,245 @@
+"""The ``swarm`` executor on a real single-node swarm.
+
+The tests start their own engine (tests/engines.py: own data root and socket), make it a
+one-node swarm on loopback ports, run jobs through the real Worker (output, a failure, a
+timeout, a cancellation), and run the executor contract (test_executor_contract.py) against
+it. At the end the engine leaves the swarm and is destroyed; the main engine is not touched.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import suppress
+from typing import Any
+
+import docker
+import pytest
+
+from container_manager.executors.base import BaseExecutor, JobSpec
+from container_manager.executors.swarm import SwarmExecutor
+from container_manager.models import ExecutorHost, JobAttempt, JobStatus
+from container_manager.queue import submit
+from container_manager.testing.images import TEST_IMAGE, build_busybox_image
+from container_manager.worker import Worker
+from tests.conftest import SESSION_ID, SESSION_LABEL, _require
+from tests.engines import DedicatedEngine, free_port
+
+# The executor contract, run here against the swarm executor (where every concept matches).
+from tests.integration.test_executor_contract import (  # noqa: F401
+    Engine,
+    test_a_failed_start_raises_and_leaves_no_container,
+    test_an_engine_that_does_not_answer,
+    test_an_unknown_container,
+    test_cleanup_is_idempotent_and_the_container_is_then_gone,
+    test_find_container_by_the_specs_name,
+    test_health_check_and_version,
+    test_launch_job_returns_true_and_the_container_id,
+    test_launch_job_with_a_malformed_image_returns_false,
+    test_launch_job_with_a_missing_image_returns_false_and_why,
+    test_list_containers_includes_what_the_app_ran,
+    test_run_twice_with_the_same_spec_returns_the_same_container,
+    test_run_wait_and_inspect_agree_on_the_exit_code,
+    test_stdout_and_stderr_are_kept_apart,
+    test_wait_times_out_then_stop_ends_the_container,
+)
+
+pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
+
+
+@pytest.fixture(scope="module")
+def swarm_engine() -> Iterator[DedicatedEngine]:
+    """A dedicated engine made a single-node swarm (manager) on loopback, with the offline
+    test image; it leaves the swarm and is destroyed afterwards."""
+    engine = DedicatedEngine("swarm")
+    try:
+        engine.start()
+    except RuntimeError as err:
+        _require(f"cannot start a dedicated engine for the swarm: {err}")
+    try:
+        with engine.client() as client:
+            try:
+                client.swarm.init(
+                    advertise_addr="127.0.0.1",
+                    listen_addr=f"127.0.0.1:{free_port()}",
+                    data_path_port=free_port(socket.SOCK_DGRAM),
+                )
+            except docker.errors.APIError as err:
+                _require(f"the dedicated engine cannot become a swarm manager: {err}")
+            build_busybox_image(client)
+        yield engine
+    finally:
+        with suppress(docker.errors.DockerException), engine.client() as client:
+            client.swarm.leave(force=True)
+        engine.destroy()
+
+
+@pytest.fixture
+def swarm_client(swarm_engine) -> Iterator[Any]:
+    with swarm_engine.client() as client:
+        yield client
+
+
+@pytest.fixture
+def swarm_host(db, swarm_engine) -> ExecutorHost:
+    return ExecutorHost.objects.create(
+        name="swarm",
+        connection_string=swarm_engine.url,
+        executor_type="swarm",
+        auto_pull_images=False,
+        max_concurrent_jobs=10,
+    )
+
+
+@pytest.fixture(autouse=True)
+def fast(settings):
+    settings.CONTAINER_MANAGER = {
+        **settings.CONTAINER_MANAGER,
+        "POLL_INTERVAL": 0.05,
+        "STATS_INTERVAL": 0.2,
+        "STOP_GRACE_SECONDS": 1,
+    }
+
+
+class SwarmEngine(Engine):
+    """The contract's engine, for the swarm executor."""
+
+    def dead(self) -> BaseExecutor:
+        return SwarmExecutor({"docker_host": "tcp://127.0.0.1:1"})
+
+
+@pytest.fixture
+def engine(swarm_host, swarm_client) -> Iterator[Engine]:
+    """What the contract tests run against: the swarm executor on the swarm engine."""
+    executor = SwarmExecutor({"docker_host": swarm_host})
+    under_test = SwarmEngine("swarm", executor, swarm_host)
+    yield under_test
+    for service_id in under_test.created:
+        with suppress(docker.errors.NotFound):
+            swarm_client.api.remove_service(service_id)
+    executor.close()
+
+
+def services_named(client: Any, name: str) -> list[Any]:
+    return [s for s in client.services.list(filters={"name": name}) if s.name == name]
+
+
+def burst(concurrency: int = 2) -> None:
+    Worker(concurrency=concurrency, burst=True, shutdown_timeout=10).run()
+
+
+def fresh(job):
+    job.refresh_from_db()
+    return job
+
+
+# ---- jobs through the worker ---------------------------------------------------------------
+
+
+def test_jobs_complete_and_fail_with_their_output_and_exit_codes(swarm_host, swarm_client):
+    ok = submit(
+        host=swarm_host,
+        image=TEST_IMAGE,
+        command=["sh", "-c", 'echo "hello $GREETING"; echo "to stderr" >&2'],
+        environment={"GREETING": "from the swarm"},
+    )
+    bad = submit(host=swarm_host, image=TEST_IMAGE, command=["sh", "-c", "echo partial; exit 7"])
+    workdir = submit(host=swarm_host, image=TEST_IMAGE, command="pwd", working_directory="/tmp")
+
+    burst()
+
+    ok, bad, workdir = map(fresh, (ok, bad, workdir))
+    assert (ok.status, ok.exit_code) == (JobStatus.COMPLETED, 0)
+    assert ok.stdout_log == "hello from the swarm\n"
+    assert ok.stderr_log == "to stderr\n"
+    assert (bad.status, bad.exit_code, bad.stdout_log) == (JobStatus.FAILED, 7, "partial\n")
+    assert bad.last_error == "Exited with code 7."
+    assert (workdir.status, workdir.stdout_log) == (JobStatus.COMPLETED, "/tmp\n")
+    for job in (ok, bad, workdir):
+        attempt = JobAttempt.objects.get(job=job)
+        assert attempt.container_id == job.container_id, "the service id is the container id"
+        assert services_named(swarm_client, attempt.container_name) == [], "service removed"
+
+
+def test_a_timeout_stops_the_task_and_removes_the_service(swarm_host, swarm_client):
+    job = submit(host=swarm_host, image=TEST_IMAGE, command="sleep 60", timeout_seconds=2)
+    started = time.monotonic()
+
+    burst()
+
+    job = fresh(job)
+    assert job.status == JobStatus.TIMEOUT
+    assert job.last_error.startswith("Timed out after 2s")
+    assert time.monotonic() - started < 20, "stopped, not waited out"
+    name = JobAttempt.objects.get(job=job).container_name
+    assert services_named(swarm_client, name) == []
+
+
+def test_cancelling_a_running_job_stops_it_and_removes_the_service(swarm_host, swarm_client):
+    job = submit(host=swarm_host, image=TEST_IMAGE, command="sleep 60")
+    worker = Worker(concurrency=1, burst=True, shutdown_timeout=10)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while fresh(job).status != JobStatus.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert job.status == JobStatus.RUNNING
+        assert job.cancel() is True
+        thread.join(30)
+        assert not thread.is_alive(), "the cancelled job ended the burst"
+    finally:
+        worker.stop()
+        thread.join(30)
+
+    job = fresh(job)
+    assert job.status == JobStatus.CANCELLED
+    assert job.last_error == "Cancelled while running; the container was stopped."
+    name = JobAttempt.objects.get(job=job).container_name
+    assert services_named(swarm_client, name) == []
+
+
+# ---- what the engine was asked ---------------------------------------------------------------
+
+
+def test_limits_environment_and_labels_reach_the_task(engine, swarm_client):
+    spec = JobSpec(
+        job_id="limits",
+        attempt=1,
+        image=TEST_IMAGE,
+        argv=["sh", "-c", 'echo "$GREETING"; sleep 30'],
+        environment={"GREETING": "limited"},
+        memory_limit_mb=64,
+        cpu_limit=0.5,
+        extra_labels={SESSION_LABEL: SESSION_ID},
+    )
+    service_id = engine.run(spec)
+
+    service = swarm_client.api.inspect_service(service_id)
+    assert service["Spec"]["Name"] == spec.name
+    assert service["Spec"]["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    assert service["Spec"]["Labels"][SESSION_LABEL] == SESSION_ID
+    task = swarm_client.api.tasks(filters={"service": service_id})[0]
+    container = swarm_client.api.inspect_container(task["Status"]["ContainerStatus"]["ContainerID"])
+    assert container["HostConfig"]["Memory"] == 64 * 1024 * 1024, "the limit is enforced"
+    assert container["HostConfig"]["NanoCpus"] == 500_000_000
+    assert "GREETING=limited" in container["Config"]["Env"]
+    assert container["Config"]["Labels"][SESSION_LABEL] == SESSION_ID, "labels on the container"
+    assert container["Config"]["Labels"]["container_manager.job"] == "limits"
+    assert engine.executor.get_resource_usage(service_id)["memory_limit"] == 64 * 1024 * 1024
+    assert engine.executor.stop_container(service_id, grace=0) is True
+    assert engine.executor.get_logs(service_id) == "limited\n"
+
+
+def test_health_check_is_false_for_an_engine_that_is_no_swarm_manager(docker_client):
+    """The main engine is not in a swarm: it answers, but it cannot run services."""
+    from tests.conftest import ENGINE_URL
+
+    executor = SwarmExecutor({"docker_host": ENGINE_URL})
+    try:
+        assert executor.health_check() is False
+        assert executor.get_version()
+    finally:
+        executor.close()
