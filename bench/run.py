@@ -27,6 +27,8 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "demo.settings")
 
 ENGINE = "unix:///var/run/docker.sock"
 IMAGE = "container-jobs/busybox:latest"
+#: Both sides run their containers with this network mode (the engine has no bridge).
+NETWORK_MODE = "none"
 RUN_LABEL = "container_manager.bench"
 RUN_ID = uuid.uuid4().hex[:8]
 
@@ -43,7 +45,11 @@ def setup_django() -> None:
     from django.conf import settings
     from django.core.management import call_command
 
-    settings.CONTAINER_MANAGER = {"CONTAINER_LABELS": {RUN_LABEL: RUN_ID}, "POLL_INTERVAL": 1.0}
+    settings.CONTAINER_MANAGER = {
+        "CONTAINER_LABELS": {RUN_LABEL: RUN_ID},
+        "POLL_INTERVAL": 1.0,
+        "NETWORK_MODE": NETWORK_MODE,
+    }
     call_command("migrate", verbosity=0)
 
 
@@ -71,7 +77,9 @@ def raw_client():
 
 def raw_job(client, command=("true",)) -> None:
     """What the worker does for a job, done directly: create, start, wait, logs, remove."""
-    container = client.containers.create(IMAGE, list(command), labels={RUN_LABEL: RUN_ID})
+    container = client.containers.create(
+        IMAGE, list(command), labels={RUN_LABEL: RUN_ID}, network_mode=NETWORK_MODE
+    )
     container.start()
     container.wait()
     container.logs(stdout=True, stderr=False)
@@ -301,7 +309,10 @@ def _raw_memory(size: int) -> None:
     """The naive raw SDK equivalent: run the job and read its logs in one call."""
     client = raw_client()
     container = client.containers.create(
-        IMAGE, ["sh", "-c", _PRINT.format(n=size)], labels={RUN_LABEL: RUN_ID}
+        IMAGE,
+        ["sh", "-c", _PRINT.format(n=size)],
+        labels={RUN_LABEL: RUN_ID},
+        network_mode=NETWORK_MODE,
     )
     container.start()
     container.wait()

@@ -40,6 +40,11 @@ class Settings:
     LOG_TAIL_BYTES: int = 1024 * 1024
     #: Django storage alias to keep full output in, or None to keep only the tail.
     LOG_STORAGE: str | None = None
+    #: Docker network mode for job containers ("none", "host", a network name), or None
+    #: for the engine's default. Set "none" on engines started with ``--bridge=none``:
+    #: their default mode leaks a network sandbox per container (moby/moby#46583), and
+    #: thousands of those make the engine take minutes to start.
+    NETWORK_MODE: str | None = None
     #: Extra labels put on every container the app creates.
     CONTAINER_LABELS: dict[str, str] = field(default_factory=dict)
     #: Retry backoff: base * 2**attempt seconds, capped, with full jitter.
@@ -91,6 +96,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "EXECUTORS": (dict,),
     "CONTAINER_LABELS": (dict,),
     "LOG_STORAGE": (str, type(None)),
+    "NETWORK_MODE": (str, type(None)),
     "REAP_INTERVAL": (int, float, type(None)),
     "JOB_RETENTION_DAYS": (int, type(None)),
 }

@@ -66,8 +66,7 @@ def database_from_url(url: str) -> dict[str, Any]:
         "CONN_MAX_AGE": 300,
         # One test database per test process, so that test runs side by side never share it.
         "TEST": {
-            "NAME": os.environ.get("PG_TEST_NAME")
-            or f"test_{parts.path.lstrip('/')}_{os.getpid()}"
+            "NAME": os.environ.get("PG_TEST_NAME") or f"test_{parts.path.lstrip('/')}_{os.getpid()}"
         },
     }
 
@@ -99,7 +98,13 @@ else:
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
-CONTAINER_MANAGER: dict[str, Any] = {}
+# The engines `make engine` starts have no bridge network (--bridge=none): jobs get loopback
+# only, and say so explicitly, which also keeps the engine from leaking a network sandbox
+# per container (moby/moby#46583). Set CONTAINER_MANAGER_NETWORK_MODE= (empty) for the
+# engine's default network.
+CONTAINER_MANAGER: dict[str, Any] = {
+    "NETWORK_MODE": os.environ.get("CONTAINER_MANAGER_NETWORK_MODE", "none") or None,
+}
 
 LOGGING = {
     "version": 1,

@@ -58,6 +58,8 @@ class JobSpec:
     #: Where the job may run, for executors that place work themselves (Swarm): name=value
     #: labels a node must carry, or constraints in the engine's own syntax.
     placement_constraints: list[str] = field(default_factory=list)
+    #: Network mode for the container, or None for the engine's default.
+    network_mode: str | None = None
 
     @property
     def name(self) -> str:
@@ -79,6 +81,7 @@ class JobSpec:
         Raises :class:`InvalidJobError` when the command or environment is malformed.
         """
         host = job.docker_host if job.docker_host_id else None
+        settings = get_settings()
         return cls(
             job_id=str(job.pk),
             attempt=attempt if attempt is not None else max(job.attempt_count, 1),
@@ -89,7 +92,8 @@ class JobSpec:
             memory_limit_mb=job.memory_limit,
             cpu_limit=job.cpu_limit,
             auto_pull=host.auto_pull_images if host else True,
-            extra_labels=dict(get_settings().CONTAINER_LABELS),
+            extra_labels=dict(settings.CONTAINER_LABELS),
+            network_mode=settings.NETWORK_MODE,
             placement_constraints=[
                 f"{k}={v}"
                 for k, v in sorted((job.required_labels or {}).items())

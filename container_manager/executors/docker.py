@@ -211,6 +211,8 @@ class DockerExecutor(BaseExecutor):
             "working_dir": spec.working_directory or None,
             "detach": True,
         }
+        if spec.network_mode:
+            kwargs["network_mode"] = spec.network_mode
         if spec.memory_limit_mb:
             kwargs["mem_limit"] = f"{spec.memory_limit_mb}m"
             kwargs["memswap_limit"] = f"{spec.memory_limit_mb}m"  # no swap: the limit is real

@@ -71,6 +71,7 @@ def _spec(image: str, *argv: str, labels: dict[str, str] | None = None, **kwargs
         image=image,
         argv=list(argv),
         extra_labels=labels or {SESSION_LABEL: SESSION_ID},
+        network_mode="none",
         **kwargs,
     )
 
@@ -261,7 +262,7 @@ def test_list_containers_returns_only_the_apps_containers(
     ours = remove_later(executor.run(spec))
     # Same session label, but not the app's label: not one of ours.
     unlabelled = docker_client.containers.create(
-        test_image, ["true"], labels={SESSION_LABEL: SESSION_ID}
+        test_image, ["true"], labels={SESSION_LABEL: SESSION_ID}, network_mode="none"
     )
     try:
         listed = {c["id"]: c for c in executor.list_containers()}
@@ -286,7 +287,9 @@ def test_cleanup_old_containers_removes_only_old_exited_app_containers(
     assert executor.wait(recent, timeout=30) == 0
     running = remove_later(executor.run(_spec(test_image, "sleep", "30", labels=case_labels)))
     foreign = remove_later(
-        docker_client.containers.run(test_image, ["true"], labels=case_labels, detach=True).id
+        docker_client.containers.run(
+            test_image, ["true"], labels=case_labels, network_mode="none", detach=True
+        ).id
     )
     assert docker_client.api.wait(foreign, timeout=30)["StatusCode"] == 0
 

@@ -60,6 +60,7 @@ class Engine:
             image=TEST_IMAGE,
             argv=argv,
             extra_labels={SESSION_LABEL: SESSION_ID},
+            network_mode="none",
         )
         self._script(spec.job_id, outcome)
         return spec

@@ -30,7 +30,9 @@ def make_container(docker_client, test_image):
         if app_labels:
             labels |= {LABEL_MANAGED: "true", LABEL_JOB: str(job_id), LABEL_ATTEMPT: str(attempt)}
         command = ["sleep", "300"] if running else ["true"]
-        container = docker_client.containers.run(test_image, command, labels=labels, detach=True)
+        container = docker_client.containers.run(
+            test_image, command, labels=labels, network_mode="none", detach=True
+        )
         if not running:
             container.wait(timeout=30)
         made.append(container)

@@ -559,6 +559,37 @@ def test_create_without_limits_or_command_leaves_them_to_the_image():
         assert not {"mem_limit", "memswap_limit", "cpu_quota", "cpu_period"} & set(kwargs)
 
 
+def test_create_passes_the_network_mode_when_set():
+    executor = _executor()
+    spec = JobSpec(job_id="j1", attempt=1, image="busybox:latest", network_mode="none")
+    with patch("docker.DockerClient") as mock_client:
+        executor.create(spec)
+
+        assert mock_client.return_value.containers.create.call_args.kwargs["network_mode"] == "none"
+
+
+def test_create_without_network_mode_leaves_the_engine_default():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        executor.create(JobSpec(job_id="j1", attempt=1, image="busybox:latest"))
+
+        assert "network_mode" not in mock_client.return_value.containers.create.call_args.kwargs
+
+
+@pytest.mark.parametrize("mode", ["none", "host", None])
+def test_spec_from_job_takes_the_network_mode_setting(settings, mode):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "NETWORK_MODE": mode}
+
+    assert JobSpec.from_job(ContainerJobFactory(), attempt=1).network_mode == mode
+
+
+def test_network_mode_of_the_wrong_type_is_a_configuration_error(settings):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "NETWORK_MODE": 1}
+
+    with pytest.raises(ConfigurationError, match="NETWORK_MODE"):
+        JobSpec.from_job(ContainerJobFactory(), attempt=1)
+
+
 def test_create_container_is_the_public_name_of_create():
     executor = _executor()
     job = ContainerJobFactory(command="echo hi")
