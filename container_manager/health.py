@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from datetime import timedelta
+from typing import Any
 
 from django.db.models import Q, QuerySet
 from django.utils import timezone
@@ -11,6 +12,7 @@ from django.utils import timezone
 from .conf import get_settings
 from .exceptions import ContainerManagerError
 from .executors import get_executor
+from .executors.base import container_name
 from .models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
 
 __all__ = ["check_host", "declare_lost_jobs", "healthy_hosts"]
@@ -57,9 +59,26 @@ def declare_lost_jobs() -> int:
         reason = f"Lost: host {host_name} unreachable for more than {conf.HOST_LOST_AFTER:.0f}s."
         attempt = job.attempt_count
         if job.mark_lost(reason):
-            JobAttempt.objects.filter(job=job, number=attempt).update(
-                status=JobStatus.FAILED, error=reason, finished_at=timezone.now()
+            _close_attempt(
+                job, attempt, status=JobStatus.FAILED, error=reason, finished_at=timezone.now()
             )
             log.warning("job=%s status=queued %s", job.pk, reason)
             lost += 1
     return lost
+
+
+def _close_attempt(job: ContainerJob, number: int, **fields: Any) -> None:
+    """Record the end of attempt ``number`` of ``job``, writing its row if its worker had
+    not (it was cut off before the attempt's container started)."""
+    if JobAttempt.objects.filter(job=job, number=number).update(**fields):
+        return
+    if job.docker_host_id is None:  # never placed: no attempt to record
+        return
+    row = JobAttempt(
+        job=job,
+        number=number,
+        host_id=job.docker_host_id,
+        container_name=container_name(job.pk, number),
+        **fields,
+    )
+    JobAttempt.objects.bulk_create([row], ignore_conflicts=True)

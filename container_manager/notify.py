@@ -12,7 +12,7 @@ from django.db import connection, transaction
 __all__ = ["CHANNEL", "Listener", "notify_new_job"]
 
 CHANNEL = "container_manager_jobs"
-_STOP_CHECK = 0.25  # seconds between the listener's looks at its stop flag
+_STOP_CHECK = 0.1  # seconds between the listener's looks at its stop flag
 log = logging.getLogger("container_manager.worker")
 
 

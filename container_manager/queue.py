@@ -313,15 +313,18 @@ def _take(jobs: list[ContainerJob], changes: dict[str, Any]) -> None:
             setattr(job, name, value)
 
 
-def record_attempt(job: ContainerJob, *, adopted: bool = False) -> None:
-    """Write the row of the job's current attempt. A fresh claim's attempt number is new: one
-    plain INSERT. An adopted attempt may have its row already (kept as it is)."""
+def record_attempt(job: ContainerJob, *, adopted: bool = False, **fields: Any) -> None:
+    """Write the row of the job's current attempt, with ``fields`` (status, container id,
+    outcome). A fresh claim's attempt number is new: one plain INSERT, made once the attempt
+    has something to say (its container started, or it failed before one did). An adopted
+    attempt may have its row already (kept as it is)."""
     row = JobAttempt(
         job=job,
         number=job.attempt_count,
         host=job.docker_host,
         worker_id=job.worker_id,
         container_name=container_name(job.pk, job.attempt_count),
+        **fields,
     )
     if adopted:
         JobAttempt.objects.bulk_create([row], ignore_conflicts=True)

@@ -111,11 +111,16 @@ class JobRunner:
         self.figures = _Figures()
         self.settings = get_settings()
         self._engine_tries = 0
+        #: Whether the attempt's row exists: a fresh attempt writes it once, when it has an
+        #: outcome to record (running, or ended before a container started).
+        self._attempt_written = adopted
+        self._attempt_began = timezone.now()
 
     # ---- the whole life -------------------------------------------------------------
 
     def run(self) -> None:
-        record_attempt(self.job, adopted=self.adopted)
+        if self.adopted:
+            record_attempt(self.job, adopted=True)
         try:
             spec = JobSpec.from_job(self.job)
         except InvalidJobError as err:
@@ -158,7 +163,7 @@ class JobRunner:
         if not self.job.mark_running(self.worker_id, container_id):
             log.warning("job=%s lost its lease while launching; leaving it", self.job.pk)
             return None
-        self._attempt().update(container_id=container_id, status=JobStatus.RUNNING)
+        self._write_attempt(container_id=container_id, status=JobStatus.RUNNING)
         log.info("job=%s status=running container=%s", self.job.pk, container_id[:12])
         send(job_started, self.job, container_id=container_id)
         return container_id
@@ -315,15 +320,22 @@ class JobRunner:
         else:
             self._finish(JobStatus.FAILED, error=error, exit_code=None)
 
-    def _attempt(self) -> Any:
-        return JobAttempt.objects.filter(job_id=self.job.pk, number=self.job.attempt_count)
+    def _write_attempt(self, **fields: Any) -> None:
+        """Insert the attempt's row with ``fields`` the first time, update it after."""
+        if self._attempt_written:
+            JobAttempt.objects.filter(job_id=self.job.pk, number=self.job.attempt_count).update(
+                **fields
+            )
+            return
+        record_attempt(self.job, started_at=self._attempt_began, **fields)
+        self._attempt_written = True
 
     def _requeue(self, error: str, **attempt_fields: Any) -> bool:
         delay = backoff_delay(self.job.attempt_count)
         run_after = timezone.now() + timedelta(seconds=delay)
         took = self.job.requeue(self.worker_id, run_after, error)
         if took:
-            self._attempt().update(
+            self._write_attempt(
                 status=JobStatus.FAILED, error=error, finished_at=timezone.now(), **attempt_fields
             )
             log.info("job=%s status=queued retry_in=%.1fs error=%s", self.job.pk, delay, error)
@@ -332,7 +344,7 @@ class JobRunner:
     def _finish(self, status: JobStatus, *, error: str, **outcome: Any) -> bool:
         took = self.job.mark_finished(self.worker_id, status, last_error=error, **outcome)
         if took:
-            self._attempt().update(
+            self._write_attempt(
                 status=status,
                 error=error,
                 exit_code=outcome.get("exit_code"),

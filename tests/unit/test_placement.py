@@ -6,9 +6,12 @@ from __future__ import annotations
 import threading
 import time
 from collections import Counter
+from datetime import timedelta
 
 import pytest
+from django.utils import timezone
 
+from container_manager.executors.base import JobSpec
 from container_manager.executors.fake import FakeExecutor, FakeOutcome
 from container_manager.health import declare_lost_jobs
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, JobStatus, parse_labels
@@ -185,3 +188,29 @@ def test_jobs_of_a_dead_host_are_declared_lost_and_rerun_elsewhere(settings):
     assert [(x.host.name, x.status) for x in attempts] == [("a", "failed"), ("b", "completed")]
     assert attempts[0].error.startswith("Lost: host a unreachable")
     assert declare_lost_jobs() == 0
+
+
+@pytest.mark.django_db
+def test_a_job_lost_before_its_container_started_still_gets_its_attempt_recorded(settings):
+    settings.CONTAINER_MANAGER = {
+        **settings.CONTAINER_MANAGER,
+        "UNHEALTHY_AFTER": 1,
+        "HOST_LOST_AFTER": 0.0,
+    }
+    host = ExecutorHost.objects.create(
+        name="a", connection_string="unix:///a.sock", executor_type="fake"
+    )
+    job = submit(image="busybox", command="work", host=host)
+    [claimed] = claim("w", 1)  # LAUNCHING, its worker cut off before writing the attempt
+    ExecutorHost.objects.filter(pk=host.pk).update(
+        health_check_failures=1, last_healthy_at=timezone.now() - timedelta(seconds=5)
+    )
+
+    assert declare_lost_jobs() == 1
+
+    job.refresh_from_db()
+    assert job.status == JobStatus.QUEUED
+    [attempt] = JobAttempt.objects.filter(job=job)
+    assert (attempt.number, attempt.host, attempt.status) == (1, host, JobStatus.FAILED)
+    assert attempt.container_name == JobSpec.from_job(claimed.job).name
+    assert attempt.error.startswith("Lost: host a unreachable")

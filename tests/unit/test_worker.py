@@ -323,10 +323,16 @@ def test_runner_query_count_is_constant(fake_host, engine, django_assert_num_que
     job(fake_host)
     [claimed] = claim("w1", 1)
     runner = JobRunner(claimed.job, "w1", get_executor(fake_host), RunControl())
-    # attempt row, mark_running, attempt->running, mark_finished, attempt->finished
-    with django_assert_num_queries(5):
+    # mark_running, attempt row (inserted running), mark_finished, attempt->finished
+    with django_assert_num_queries(4):
         runner.run()
     assert fresh(claimed.job).status == JobStatus.COMPLETED
+    [attempt] = JobAttempt.objects.filter(job=claimed.job)
+    assert (attempt.status, attempt.container_id) == (
+        JobStatus.COMPLETED,
+        runner.control.container_id,
+    )
+    assert attempt.started_at <= attempt.finished_at
 
 
 def test_worker_rejects_bad_concurrency():
