@@ -159,3 +159,34 @@ def start_recorder(docker_client: Any) -> Iterator[StartRecorder]:
     recorder = StartRecorder(docker_client)
     yield recorder
     recorder.close()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _no_sessions_left_on_the_test_database(django_db_setup: Any) -> Iterator[None]:
+    """Before the PostgreSQL test database is dropped, give threads that are still closing
+    their connections (a worker's side threads) a moment, and name any session that stays:
+    Django cannot drop a database that is in use."""
+    yield
+    from django.db import connection
+
+    if connection.vendor != "postgresql":
+        return
+    import time
+
+    import psycopg
+
+    params = {**connection.get_connection_params(), "dbname": "postgres"}
+    query = (
+        "SELECT pid, state, left(query, 200) FROM pg_stat_activity "
+        "WHERE datname = %s AND pid <> pg_backend_pid()"
+    )
+    name = connection.settings_dict["NAME"]
+    connection.close()
+    with psycopg.connect(**params, autocommit=True) as admin:
+        deadline = time.monotonic() + 10
+        while (left := admin.execute(query, (name,)).fetchall()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+    if left:
+        import warnings
+
+        warnings.warn(f"sessions still on test database {name}: {left}", stacklevel=1)
