@@ -1,10 +1,12 @@
-"""System checks for ``manage.py check``: settings and registered executors."""
+"""System checks for ``manage.py check``: settings and registered executors; with
+``--database``, the configuration of every active host (no engine is contacted)."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from django.core import checks
+from django.db import DatabaseError
 
 from .conf import get_settings
 from .exceptions import ConfigurationError
@@ -35,4 +37,32 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id="container_manager.W001",
             )
         )
+    return messages
+
+
+@checks.register(checks.Tags.database)
+def check_hosts(
+    app_configs: Any = None, databases: Any = None, **kwargs: Any
+) -> list[checks.CheckMessage]:
+    """``manage.py check --database default``: each active host's executor alias, engine
+    URL and TLS files, as its executor sees them."""
+    if not databases:
+        return []
+    from .executors import get_executor
+    from .models import ExecutorHost
+
+    try:
+        hosts = list(ExecutorHost.objects.filter(is_active=True).order_by("name"))
+    except DatabaseError as err:
+        return [checks.Warning(f"Hosts not checked: {err}", id="container_manager.W002")]
+    messages: list[checks.CheckMessage] = []
+    for host in hosts:
+        try:
+            problems = get_executor(host).check()
+        except ConfigurationError as err:
+            problems = [str(err)]
+        messages += [
+            checks.Error(problem, obj=f"host {host.name!r}", id="container_manager.E004")
+            for problem in problems
+        ]
     return messages

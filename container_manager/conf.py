@@ -45,6 +45,9 @@ class Settings:
     #: their default mode leaks a network sandbox per container (moby/moby#46583), and
     #: thousands of those make the engine take minutes to start.
     NETWORK_MODE: str | None = None
+    #: Bearer token the /metrics endpoint requires (``Authorization: Bearer <token>``), or
+    #: None for an open endpoint (restrict it at your proxy then).
+    METRICS_TOKEN: str | None = None
     #: Extra labels put on every container the app creates.
     CONTAINER_LABELS: dict[str, str] = field(default_factory=dict)
     #: Retry backoff: base * 2**attempt seconds, capped, with full jitter.
@@ -97,6 +100,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "CONTAINER_LABELS": (dict,),
     "LOG_STORAGE": (str, type(None)),
     "NETWORK_MODE": (str, type(None)),
+    "METRICS_TOKEN": (str, type(None)),
     "REAP_INTERVAL": (int, float, type(None)),
     "JOB_RETENTION_DAYS": (int, type(None)),
 }

@@ -29,6 +29,7 @@ package the view answers 501.
 from __future__ import annotations
 
 import bisect
+import hmac
 import importlib
 import threading
 from collections.abc import Iterator
@@ -38,6 +39,7 @@ from typing import Any
 from django.http import HttpRequest, HttpResponse
 
 from . import overview
+from .conf import get_settings
 from .models import ContainerJob, JobStatus
 from .signals import job_finished, job_started
 
@@ -263,8 +265,26 @@ def _registry(prometheus: ModuleType, *, database: bool = True) -> Any:
     return registry
 
 
+def _authorized(request: HttpRequest) -> bool:
+    """With METRICS_TOKEN set, only a request bearing it may scrape."""
+    token = get_settings().METRICS_TOKEN
+    if not token:
+        return True
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+
+
 def metrics_view(request: HttpRequest) -> HttpResponse:
-    """The Prometheus endpoint; 501 when prometheus-client is not installed."""
+    """The Prometheus endpoint; 401 without the METRICS_TOKEN when one is set, 501 when
+    prometheus-client is not installed."""
+    if not _authorized(request):
+        response = HttpResponse(
+            "A bearer token is required (CONTAINER_MANAGER['METRICS_TOKEN']).\n",
+            status=401,
+            content_type="text/plain; charset=utf-8",
+        )
+        response["WWW-Authenticate"] = 'Bearer realm="metrics"'
+        return response
     prometheus = _prometheus()
     if prometheus is None:
         return HttpResponse(MISSING, status=501, content_type="text/plain; charset=utf-8")

@@ -24,7 +24,8 @@ log = logging.getLogger("container_manager.signals")
 
 
 def send(signal: Signal, job: Any, **kwargs: Any) -> None:
-    """Send ``signal`` robustly: a failing receiver is logged, never propagated."""
+    """Send ``signal`` robustly: a failing receiver is logged, never propagated. Django logs
+    its traceback (logger ``django.dispatch``); this adds the job it failed for."""
     for receiver, result in signal.send_robust(sender=type(job), job=job, **kwargs):
         if isinstance(result, Exception):
-            log.error("signal receiver %r failed for job=%s", receiver, job.pk, exc_info=result)
+            log.error("signal receiver %r failed for job=%s: %r", receiver, job.pk, result)

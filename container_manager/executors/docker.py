@@ -159,11 +159,16 @@ class DockerExecutor(BaseExecutor):
             self._client = None
 
     def check(self) -> list[str]:
+        problems = []
         try:
             parse_host(self.base_url)
         except docker.errors.DockerException as err:
-            return [f"{self.base_url}: {err}"]
-        return []
+            problems.append(f"{self.base_url}: {err}")
+        try:
+            self._tls_config()
+        except ConfigurationError as err:
+            problems.append(str(err))
+        return problems
 
     # ---- launching ----------------------------------------------------------------
 

@@ -134,6 +134,32 @@ def test_a_scrape_is_a_fixed_number_of_queries(client, fake_host, django_assert_
         scrape(client)
 
 
+@pytest.mark.parametrize(
+    ("header", "status"),
+    [
+        (None, 401),
+        ("Bearer wrong", 401),
+        ("Basic s3cret-token", 401),
+        ("Bearer s3cret-token", 200),
+        ("bearer s3cret-token", 200),
+    ],
+)
+def test_with_a_metrics_token_only_its_bearer_may_scrape(client, settings, header, status):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "METRICS_TOKEN": "s3cret-token"}
+    extra = {} if header is None else {"HTTP_AUTHORIZATION": header}
+
+    response = client.get(reverse("container_manager:metrics"), **extra)
+
+    assert response.status_code == status
+    if status == 401:
+        assert response["WWW-Authenticate"].startswith("Bearer")
+        assert b"container_jobs_" not in response.content
+        assert b"s3cret" not in response.content
+    else:
+        samples = parse(response.content.decode())
+        assert samples[("container_jobs_queue_depth", frozenset({("scope", "queued")}))] == 0
+
+
 def test_without_prometheus_client_the_endpoint_answers_501(client, monkeypatch):
     monkeypatch.setitem(sys.modules, "prometheus_client", None)  # import now raises ImportError
     response = client.get(reverse("container_manager:metrics"))

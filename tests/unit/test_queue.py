@@ -613,3 +613,44 @@ class TestSystemChecks:
     def test_wrongly_typed_value_is_reported(self, settings, key):
         cm_settings(settings, **{key: "30"})
         assert "container_manager.E001" in check_ids()
+
+
+@pytest.mark.django_db
+class TestHostChecks:
+    """``manage.py check --database default`` looks at each active host's configuration,
+    without contacting its engine."""
+
+    def test_good_hosts_pass(self, capsys):
+        ExecutorHostFactory(name="local", connection_string="unix:///var/run/docker.sock")
+        call_command("check", databases=["default"])
+        assert "System check identified no issues" in capsys.readouterr().out
+
+    def test_missing_tls_files_are_reported_with_the_host(self, tmp_path):
+        ExecutorHostFactory(
+            name="secure",
+            connection_string="tcp://127.0.0.1:2376",
+            tls_enabled=True,
+            tls_ca_cert=str(tmp_path / "missing-ca.pem"),
+            tls_client_cert=str(tmp_path / "missing-cert.pem"),
+            tls_client_key=str(tmp_path / "missing-key.pem"),
+        )
+        with pytest.raises(SystemCheckError) as caught:
+            call_command("check", databases=["default"])
+        assert "container_manager.E004" in str(caught.value)
+        assert "host 'secure'" in str(caught.value)
+        assert "TLS configuration" in str(caught.value)
+
+    def test_inactive_hosts_are_not_checked(self, tmp_path, capsys):
+        ExecutorHostFactory(
+            name="retired",
+            connection_string="tcp://127.0.0.1:2376",
+            tls_enabled=True,
+            tls_ca_cert=str(tmp_path / "missing-ca.pem"),
+            is_active=False,
+        )
+        call_command("check", databases=["default"])
+        assert "no issues" in capsys.readouterr().out
+
+    def test_without_database_flag_no_host_is_read(self, django_assert_num_queries):
+        with django_assert_num_queries(0):
+            call_command("check")

@@ -130,4 +130,8 @@ def test_a_raising_receiver_is_logged_and_the_worker_goes_on(fake_host, recorder
         assert recorder.names(job) == ["queued", "started", "finished"], "others still receive"
     ours = [r for r in caplog.records if r.name == "container_manager.signals"]
     assert len(ours) == 6, "2 signals x 3 jobs, each logged with the job id"
-    assert all("integrator bug" in str(r.exc_info[1]) for r in ours)
+    assert {str(r.args[1]) for r in ours} == {str(job.pk) for job in jobs}
+    assert all("integrator bug" in r.getMessage() for r in ours)
+    tracebacks = [r for r in caplog.records if r.exc_info]
+    assert len(tracebacks) == 6, "each failure's traceback logged once (by Django)"
+    assert all(r.name == "django.dispatch" for r in tracebacks)
