@@ -1,6 +1,8 @@
 """Benchmarks of the worker against the raw Docker SDK doing the same work, side by side.
 
-    .venv/bin/python bench/run.py [throughput latency claim memory queries] [--quick]
+    .venv/bin/python bench/run.py [throughput latency claim memory queries cpu] [--quick]
+
+``cpu`` (not in the default set) splits the CPU per job by process on both sides.
 
 Needs the local engine (``make engine``) and PostgreSQL at 127.0.0.1:5432 (it uses its own
 database, ``cm_bench``, created and migrated on the fly). Prints one line per figure.
@@ -9,6 +11,7 @@ database, ``cm_bench``, created and migrated on the fly). Prints one line per fi
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import subprocess
@@ -159,6 +162,67 @@ def bench_throughput(jobs: int, concurrency: int, rounds: int) -> None:
     report("  (worker / raw per round)", ", ".join(f"{p:.2f}" for p in pairs))
     ratio = statistics.median(pairs)
     report("  worker / raw throughput ratio (median)", f"{ratio:.2f}", ">= 0.90", ratio >= 0.9)
+
+
+def _cpu_by_process() -> collections.Counter[str]:
+    """CPU seconds so far of every process on the machine, grouped (children reaped by a
+    process count in it): this process, postgres, dockerd, containerd, shims, kernel workers."""
+    tick = os.sysconf("SC_CLK_TCK")
+    found: collections.Counter[str] = collections.Counter()
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            raw = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            continue
+        name = raw[raw.index("(") + 1 : raw.rindex(")")]
+        fields = raw[raw.rindex(")") + 2 :].split()
+        if int(pid) == os.getpid():
+            name = "this process"
+        else:
+            for prefix in ("kworker", "postgres", "containerd-shim"):
+                name = prefix if name.startswith(prefix) else name
+        found[name] += sum(int(v) for v in fields[11:15]) / tick
+    return found
+
+
+def bench_cpu(jobs: int, concurrency: int, rounds: int) -> None:
+    """Where the CPU goes, per job and per process, for each side (paired rounds)."""
+    from container_manager.queue import submit
+    from container_manager.worker import Worker
+
+    client = raw_client()
+    totals: dict[str, collections.Counter[str]] = {
+        "raw": collections.Counter(),
+        "worker": collections.Counter(),
+    }
+
+    def measure(side: str) -> None:
+        if side == "worker":
+            host = reset(max_concurrent=concurrency)
+            for _ in range(jobs):
+                submit(host=host, image=IMAGE, command="true")
+        before, machine = _cpu_by_process(), _machine_cpu()
+        if side == "worker":
+            Worker(concurrency=concurrency, burst=True).run()
+        else:
+            with ThreadPoolExecutor(concurrency) as pool:
+                list(pool.map(lambda _: raw_job(client), range(jobs)))
+        spent = _cpu_by_process()
+        spent.subtract(before)
+        spent["whole machine"] = _machine_cpu() - machine
+        totals[side].update(spent)
+
+    for number in range(rounds):
+        for side in ("raw", "worker") if number % 2 == 0 else ("worker", "raw"):
+            measure(side)
+    per_job = 1000 / jobs / rounds
+    biggest = (totals["raw"] + totals["worker"]).most_common(9)
+    for name, _ in biggest:
+        raw, worker = totals["raw"][name] * per_job, totals["worker"][name] * per_job
+        report(
+            f"  CPU per job: {name}",
+            f"raw {raw:.1f} ms  worker {worker:.1f} ms  ({worker - raw:+.1f})",
+        )
 
 
 # ---- latency ------------------------------------------------------------------------------
@@ -396,6 +460,8 @@ def main() -> None:
     try:
         if "throughput" in args.which:
             bench_throughput(jobs=100, concurrency=8, rounds=2 if quick else 10)
+        if "cpu" in args.which:
+            bench_cpu(jobs=100, concurrency=8, rounds=2 if quick else 4)
         if "latency" in args.which:
             bench_latency(samples=10 if quick else 40)
         if "claim" in args.which:
