@@ -36,7 +36,10 @@ __all__ = ["JobRunner", "RunControl"]
 log = logging.getLogger("container_manager.worker")
 
 _ENGINE_RETRY_MAX = 30.0  # seconds between tries while an engine does not answer
-_WAIT_SLICE = 30.0  # seconds per wait call: a hung connection is noticed within this
+# Seconds per wait call: a hung engine connection is noticed within this, and so is a worker
+# that shuts down and leaves the job for adoption (its thread, and its database connection,
+# end within this).
+_WAIT_SLICE = 5.0
 
 
 class Ending(Enum):

@@ -10,6 +10,7 @@ from datetime import timedelta
 import pytest
 from django.utils import timezone
 
+from container_manager import runner as runner_module
 from container_manager.executors import get_executor
 from container_manager.executors.base import JobSpec
 from container_manager.executors.fake import FakeExecutor, FakeOutcome
@@ -294,6 +295,23 @@ def test_nul_bytes_in_output_are_stored_safely(fake_host, engine):
     j = job(fake_host)
     burst()
     assert fresh(j).stdout_log == "a\ufffdb\ufffdc"
+
+
+def test_job_threads_of_a_stopped_worker_end_within_a_wait_slice(fake_host, engine, monkeypatch):
+    monkeypatch.setattr(runner_module, "_WAIT_SLICE", 0.3)
+    engine.script(FakeOutcome(duration=60))
+    j = job(fake_host)
+    worker = Worker(concurrency=2, shutdown_timeout=0.1)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    until(lambda: fresh(j).status == JobStatus.RUNNING)
+    worker.stop()
+    thread.join(5)
+    for job_thread in worker._threads:
+        job_thread.join(3)
+    assert not thread.is_alive()
+    assert not [t.name for t in worker._threads if t.is_alive()], "left blocked in a wait"
+    assert fresh(j).status == JobStatus.RUNNING, "left for adoption, not failed"
 
 
 def test_shutdown_leaves_running_jobs_for_adoption(fake_host, engine):
