@@ -297,16 +297,22 @@ def test_nul_bytes_in_output_are_stored_safely(fake_host, engine):
     assert fresh(j).stdout_log == "a\ufffdb\ufffdc"
 
 
-def test_job_threads_of_a_stopped_worker_end_within_a_wait_slice(fake_host, engine, monkeypatch):
-    monkeypatch.setattr(runner_module, "_WAIT_SLICE", 0.3)
-    engine.script(FakeOutcome(duration=60))
-    j = job(fake_host)
-    worker = Worker(concurrency=2, shutdown_timeout=0.1)
+def stop_once_running(worker: Worker, j: ContainerJob) -> threading.Thread:
+    """Run ``worker`` in a thread, stop it once ``j`` runs; its (joined) thread."""
     thread = threading.Thread(target=worker.run)
     thread.start()
     until(lambda: fresh(j).status == JobStatus.RUNNING)
     worker.stop()
     thread.join(5)
+    return thread
+
+
+def test_job_threads_of_a_stopped_worker_end_within_a_wait_slice(fake_host, engine, monkeypatch):
+    monkeypatch.setattr(runner_module, "_WAIT_SLICE", 0.3)
+    engine.script(FakeOutcome(duration=60))
+    j = job(fake_host)
+    worker = Worker(concurrency=2, shutdown_timeout=0.1)
+    thread = stop_once_running(worker, j)
     for job_thread in worker._threads:
         job_thread.join(3)
     assert not thread.is_alive()
@@ -317,12 +323,7 @@ def test_job_threads_of_a_stopped_worker_end_within_a_wait_slice(fake_host, engi
 def test_shutdown_leaves_running_jobs_for_adoption(fake_host, engine):
     engine.script(FakeOutcome(duration=1.0, stdout="finished by another"))
     j = job(fake_host)
-    worker = Worker(concurrency=1, shutdown_timeout=0.1)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    until(lambda: fresh(j).status == JobStatus.RUNNING)
-    worker.stop()
-    thread.join(5)
+    thread = stop_once_running(Worker(concurrency=1, shutdown_timeout=0.1), j)
     assert not thread.is_alive()
     j = fresh(j)
     assert j.status == JobStatus.RUNNING, "not killed, not lost"
