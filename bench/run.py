@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -107,42 +108,48 @@ def _machine_cpu() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
-def bench_throughput(jobs: int, concurrency: int, rounds: int) -> None:
-    """Rounds alternate which side goes first: the engine's own speed drifts by 10-20%
-    between consecutive identical runs here, which must not count against either side.
-    CPU per job is printed for both sides: on this 2-core machine the engine is CPU-bound,
-    so every millisecond the worker (or PostgreSQL) burns is taken from the engine."""
+def _paired_rounds(
+    jobs: int, concurrency: int, rounds: int, probe: Callable[[str, Callable[[], None]], None]
+) -> None:
+    """``rounds`` rounds, each a raw SDK run and a worker run of ``jobs`` no-op jobs back to
+    back, the order alternating: the engine's own speed drifts by 10-20% between consecutive
+    identical runs here, which must not count against either side. ``probe(side, run)``
+    measures ``run()``; the worker's jobs are submitted before it."""
     from container_manager.queue import submit
     from container_manager.worker import Worker
 
     client = raw_client()
 
-    def raw_round() -> None:
+    def raw_run() -> None:
         with ThreadPoolExecutor(concurrency) as pool:
             list(pool.map(lambda _: raw_job(client), range(jobs)))
 
-    def worker_round() -> None:
+    def worker_run() -> None:
         Worker(concurrency=concurrency, burst=True).run()
 
-    def submit_all() -> None:
-        host = reset(max_concurrent=concurrency)
-        for _ in range(jobs):
-            submit(host=host, image=IMAGE, command="true")
+    for number in range(rounds):
+        for side in ("raw", "worker") if number % 2 == 0 else ("worker", "raw"):
+            if side == "worker":
+                host = reset(max_concurrent=concurrency)
+                for _ in range(jobs):
+                    submit(host=host, image=IMAGE, command="true")
+            probe(side, worker_run if side == "worker" else raw_run)
 
+
+def bench_throughput(jobs: int, concurrency: int, rounds: int) -> None:
+    """Throughput of both sides over paired rounds (see _paired_rounds). CPU per job is
+    printed for both sides: on this 2-core machine the engine is CPU-bound, so every
+    millisecond the worker (or PostgreSQL) burns is taken from the engine."""
     measured: dict[str, list[tuple[float, float, float]]] = {"raw": [], "worker": []}
 
-    def measure(side: str) -> None:
-        if side == "worker":
-            submit_all()
+    def probe(side: str, run: Callable[[], None]) -> None:
         own, machine, began = time.process_time(), _machine_cpu(), time.perf_counter()
-        (worker_round if side == "worker" else raw_round)()
+        run()
         measured[side].append(
             (time.perf_counter() - began, time.process_time() - own, _machine_cpu() - machine)
         )
 
-    for number in range(rounds):
-        for side in ("raw", "worker") if number % 2 == 0 else ("worker", "raw"):
-            measure(side)
+    _paired_rounds(jobs, concurrency, rounds, probe)
     raw = statistics.median(t for t, _, _ in measured["raw"])
     worker = statistics.median(t for t, _, _ in measured["worker"])
     report(
@@ -179,42 +186,28 @@ def _cpu_by_process() -> collections.Counter[str]:
         if int(pid) == os.getpid():
             name = "this process"
         else:
-            for prefix in ("kworker", "postgres", "containerd-shim"):
-                name = prefix if name.startswith(prefix) else name
+            groups = ("kworker", "postgres", "containerd-shim")
+            name = next((group for group in groups if name.startswith(group)), name)
         found[name] += sum(int(v) for v in fields[11:15]) / tick
     return found
 
 
 def bench_cpu(jobs: int, concurrency: int, rounds: int) -> None:
     """Where the CPU goes, per job and per process, for each side (paired rounds)."""
-    from container_manager.queue import submit
-    from container_manager.worker import Worker
-
-    client = raw_client()
     totals: dict[str, collections.Counter[str]] = {
         "raw": collections.Counter(),
         "worker": collections.Counter(),
     }
 
-    def measure(side: str) -> None:
-        if side == "worker":
-            host = reset(max_concurrent=concurrency)
-            for _ in range(jobs):
-                submit(host=host, image=IMAGE, command="true")
+    def probe(side: str, run: Callable[[], None]) -> None:
         before, machine = _cpu_by_process(), _machine_cpu()
-        if side == "worker":
-            Worker(concurrency=concurrency, burst=True).run()
-        else:
-            with ThreadPoolExecutor(concurrency) as pool:
-                list(pool.map(lambda _: raw_job(client), range(jobs)))
+        run()
         spent = _cpu_by_process()
         spent.subtract(before)
         spent["whole machine"] = _machine_cpu() - machine
         totals[side].update(spent)
 
-    for number in range(rounds):
-        for side in ("raw", "worker") if number % 2 == 0 else ("worker", "raw"):
-            measure(side)
+    _paired_rounds(jobs, concurrency, rounds, probe)
     per_job = 1000 / jobs / rounds
     biggest = (totals["raw"] + totals["worker"]).most_common(9)
     for name, _ in biggest:

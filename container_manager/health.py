@@ -12,7 +12,6 @@ from django.utils import timezone
 from .conf import get_settings
 from .exceptions import ContainerManagerError
 from .executors import get_executor
-from .executors.base import container_name
 from .models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
 
 __all__ = ["check_host", "declare_lost_jobs", "healthy_hosts"]
@@ -74,11 +73,4 @@ def _close_attempt(job: ContainerJob, number: int, **fields: Any) -> None:
         return
     if job.docker_host_id is None:  # never placed: no attempt to record
         return
-    row = JobAttempt(
-        job=job,
-        number=number,
-        host_id=job.docker_host_id,
-        container_name=container_name(job.pk, number),
-        **fields,
-    )
-    JobAttempt.objects.bulk_create([row], ignore_conflicts=True)
+    JobAttempt.objects.bulk_create([JobAttempt.of(job, number, **fields)], ignore_conflicts=True)

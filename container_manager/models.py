@@ -24,6 +24,7 @@ from django.utils import timezone
 from .conf import get_settings
 from .environment import merge_environments, parse_environment
 from .exceptions import InvalidJobError, JobStateError
+from .executors.base import container_name
 
 __all__ = [
     "ContainerJob",
@@ -490,6 +491,20 @@ class JobAttempt(models.Model):
 
     def __str__(self) -> str:
         return f"{self.job_id} attempt {self.number} [{self.status}]"
+
+    @classmethod
+    def of(cls, job: ContainerJob, number: int | None = None, **fields: Any) -> JobAttempt:
+        """The (unsaved) row of attempt ``number`` (default: the job's current one) of
+        ``job``, on the job's host, with ``fields``."""
+        number = job.attempt_count if number is None else number
+        return cls(
+            job=job,
+            number=number,
+            host=job.docker_host,
+            worker_id=job.worker_id,
+            container_name=container_name(job.pk, number),
+            **fields,
+        )
 
 
 class WorkerHeartbeat(models.Model):

@@ -24,7 +24,6 @@ from .conf import get_settings
 from .environment import format_environment
 from .exceptions import ConfigurationError, InvalidJobError, JobStateError
 from .executors import executor_class
-from .executors.base import container_name
 from .health import healthy_hosts
 from .models import (
     ContainerJob,
@@ -318,14 +317,7 @@ def record_attempt(job: ContainerJob, *, adopted: bool = False, **fields: Any) -
     outcome). A fresh claim's attempt number is new: one plain INSERT, made once the attempt
     has something to say (its container started, or it failed before one did). An adopted
     attempt may have its row already (kept as it is)."""
-    row = JobAttempt(
-        job=job,
-        number=job.attempt_count,
-        host=job.docker_host,
-        worker_id=job.worker_id,
-        container_name=container_name(job.pk, job.attempt_count),
-        **fields,
-    )
+    row = JobAttempt.of(job, **fields)
     if adopted:
         JobAttempt.objects.bulk_create([row], ignore_conflicts=True)
     else:
