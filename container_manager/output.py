@@ -4,8 +4,10 @@ everything through Django's storage API. Memory stays bounded whatever a job pri
 from __future__ import annotations
 
 import tempfile
+from collections.abc import Mapping
+from contextlib import ExitStack
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import IO, TYPE_CHECKING
 
 from django.core.files import File
 from django.core.files.storage import storages
@@ -58,24 +60,50 @@ class CollectedOutput:
     stored_as: str = ""
 
 
-def collect_output(
-    executor: BaseExecutor, container_id: str, stream: Stream, storage_name: str = ""
-) -> CollectedOutput:
-    """Read ``stream`` of the container in chunks; keep the configured tail and, when
-    ``LOG_STORAGE`` is set and ``storage_name`` given, the full output in that storage."""
-    conf = get_settings()
-    tail = TailBuffer(conf.LOG_TAIL_BYTES)
-    keep_all = bool(conf.LOG_STORAGE and storage_name)
-    with tempfile.SpooledTemporaryFile(max_size=conf.LOG_TAIL_BYTES) as spool:
-        for chunk in executor.iter_output(container_id, stream):
-            tail.write(chunk)
-            if keep_all:
-                spool.write(chunk)
+@dataclass
+class _Collector:
+    """One stream being read: its tail and, when it is to be stored, a spool of all of it
+    (in memory up to the tail's size, then in a temporary file)."""
+
+    tail: TailBuffer
+    spool: IO[bytes] | None = None
+    storage: str = ""
+    name: str = ""
+
+    def write(self, chunk: bytes) -> None:
+        self.tail.write(chunk)
+        if self.spool is not None:
+            self.spool.write(chunk)
+
+    def result(self) -> CollectedOutput:
         stored = ""
-        if keep_all and tail.total:
-            spool.seek(0)
-            stored = storages[conf.LOG_STORAGE].save(storage_name, File(spool))  # type: ignore[index]
-    return CollectedOutput(tail.text(), tail.truncated, tail.total, stored)
+        if self.spool is not None and self.tail.total:
+            self.spool.seek(0)
+            stored = storages[self.storage].save(self.name, File(self.spool))
+        return CollectedOutput(self.tail.text(), self.tail.truncated, self.tail.total, stored)
+
+
+def collect_output(
+    executor: BaseExecutor, container_id: str, storage_names: Mapping[Stream, str] | None = None
+) -> dict[Stream, CollectedOutput]:
+    """Read both streams of the container in chunks, in one pass; keep the configured tail
+    of each and, when ``LOG_STORAGE`` is set, the full output in that storage under the
+    name ``storage_names`` gives the stream (a stream with no name is not stored)."""
+    conf = get_settings()
+    names = storage_names or {}
+    streams: tuple[Stream, Stream] = ("stdout", "stderr")
+    with ExitStack() as stack:
+        collectors: dict[Stream, _Collector] = {}
+        for stream in streams:
+            collector = collectors[stream] = _Collector(TailBuffer(conf.LOG_TAIL_BYTES))
+            if conf.LOG_STORAGE and names.get(stream):
+                collector.storage, collector.name = conf.LOG_STORAGE, names[stream]
+                collector.spool = stack.enter_context(
+                    tempfile.SpooledTemporaryFile(max_size=conf.LOG_TAIL_BYTES)
+                )
+        for stream, chunk in executor.iter_outputs(container_id):
+            collectors[stream].write(chunk)
+        return {stream: collector.result() for stream, collector in collectors.items()}
 
 
 def live_tail(job: ContainerJob, lines: int = 200) -> tuple[str, str] | None:

@@ -25,7 +25,7 @@ from .exceptions import (
     ExecutorError,
     InvalidJobError,
 )
-from .executors.base import BaseExecutor, ContainerState, JobSpec
+from .executors.base import BaseExecutor, ContainerState, JobSpec, Stream
 from .models import ContainerJob, JobAttempt, JobStatus
 from .output import CollectedOutput, collect_output
 from .queue import backoff_delay, record_attempt
@@ -254,8 +254,8 @@ class JobRunner:
         while not self.control.abandon.is_set():
             try:
                 state = self._state(container_id, ending, exit_code)
-                stdout = self._collect(container_id, "stdout")
-                stderr = self._collect(container_id, "stderr")
+                output = self._collect(container_id)
+                stdout, stderr = output["stdout"], output["stderr"]
                 break
             except ContainerNotFoundError:
                 if ending in (Ending.TIMEOUT, Ending.CANCELLED):
@@ -290,9 +290,13 @@ class JobRunner:
         if took:
             self._remove(container_id)
 
-    def _collect(self, container_id: str, stream: str) -> CollectedOutput:
-        name = f"container_jobs/{self.job.pk}/attempt-{self.job.attempt_count}.{stream}.log"
-        return collect_output(self.executor, container_id, stream, name)  # type: ignore[arg-type]
+    def _collect(self, container_id: str) -> dict[Stream, CollectedOutput]:
+        prefix = f"container_jobs/{self.job.pk}/attempt-{self.job.attempt_count}"
+        return collect_output(
+            self.executor,
+            container_id,
+            {"stdout": f"{prefix}.stdout.log", "stderr": f"{prefix}.stderr.log"},
+        )
 
     def _verdict(
         self, ending: Ending, exit_code: int | None, oom: bool, engine_error: str

@@ -171,6 +171,15 @@ class BaseExecutor(ABC):
     def iter_output(self, container_id: str, stream: Stream) -> Iterator[bytes]:
         """The container's stdout or stderr, in chunks, from the start."""
 
+    def iter_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
+        """Both streams, from the start, in chunks tagged with their stream. This default
+        reads stdout, then stderr; executors whose engine sends both in one answer override
+        it (the worker's hot path: one request instead of two)."""
+        streams: tuple[Stream, Stream] = ("stdout", "stderr")
+        for stream in streams:
+            for chunk in self.iter_output(container_id, stream):
+                yield stream, chunk
+
     @abstractmethod
     def find_container(self, name: str) -> str | None:
         """The id of the container with this name, or None."""

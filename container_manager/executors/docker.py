@@ -7,11 +7,13 @@ needs it, and is kept for the life of the executor (one pooled client per host p
 
 from __future__ import annotations
 
+import struct
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import docker
 import requests
@@ -39,6 +41,10 @@ __all__ = ["DockerExecutor"]
 
 _CPU_PERIOD = 100_000  # microseconds; cpu_quota = cores * period
 _STARTED = frozenset({"running", "paused", "restarting", "exited", "dead", "removing"})
+#: A frame of a multiplexed log answer: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 size.
+_FRAME_HEADER = struct.Struct(">BxxxL")
+_FRAME_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
+_READ_SIZE = 64 * 1024
 
 
 def _engine_message(err: BaseException) -> str:
@@ -53,6 +59,31 @@ def _is_read_timeout(err: BaseException) -> bool:
     if isinstance(err, requests.exceptions.ReadTimeout):
         return True
     return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in err.args)
+
+
+def _raise_for_status(response: requests.Response) -> None:
+    """An engine error answer as the SDK's own error (NotFound for a 404, and so on)."""
+    try:
+        response.raise_for_status()
+    except requests.exceptions.HTTPError as err:
+        raise docker.errors.create_api_error_from_http_exception(err) from err
+
+
+def _frames(raw: Any) -> Iterator[tuple[Stream, bytes]]:
+    """Demultiplex a non-TTY log answer read from ``raw`` (a file-like body): each frame's
+    payload, tagged with its stream, in pieces of at most 64 KiB (memory stays bounded
+    whatever the frame size)."""
+    while header := raw.read(_FRAME_HEADER.size):
+        if len(header) < _FRAME_HEADER.size:
+            raise docker.errors.DockerException("log answer cut inside a frame header")
+        kind, left = _FRAME_HEADER.unpack(header)
+        while left:
+            piece = raw.read(min(left, _READ_SIZE))
+            if not piece:
+                raise docker.errors.DockerException("log answer cut inside a frame")
+            left -= len(piece)
+            if kind in _FRAME_STREAMS:
+                yield _FRAME_STREAMS[kind], piece
 
 
 def _parse_time(value: str | None) -> datetime | None:
@@ -115,12 +146,17 @@ class DockerExecutor(BaseExecutor):
     def _connect(self) -> docker.DockerClient:
         tls = self._tls_config()
         if not tls:
-            return docker.DockerClient(
+            client = docker.DockerClient(
                 base_url=self.base_url,
                 timeout=self.timeout,
                 max_pool_size=self.pool_size,
                 tls=False,
             )
+            if self.base_url.startswith(("unix://", "npipe://")):
+                # No proxy or CA bundle applies to a local socket: skip requests' lookup of
+                # them in the environment, made on every request otherwise.
+                client.api.trust_env = False
+            return client
         # With TLS only the host's own CA and certificates count: requests would let
         # REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE replace the host's CA (trust_env). So the
         # client is made without asking the engine (a pinned minimum API version), told not
@@ -318,6 +354,21 @@ class DockerExecutor(BaseExecutor):
                 follow=False,
             )
             yield from chunks
+
+    def iter_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
+        """Both streams in one logs request, demultiplexed here. The SDK's ``logs`` would
+        take one request per stream, each after an inspect call to learn whether the
+        container has a TTY; this executor's containers never do."""
+        api = self.client.api
+        url = f"{api.base_url}/v{api.api_version}/containers/{quote(container_id, safe='')}/logs"
+        params = {"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"}
+        with self._engine(f"Read the output of container {container_id}"):
+            response = api.get(url, params=params, stream=True, timeout=api.timeout)
+            try:
+                _raise_for_status(response)
+                yield from _frames(response.raw)
+            finally:
+                response.close()
 
     def tail_output(self, container_id: str, stream: Stream, lines: int) -> bytes:
         with self._engine(f"Tail {stream} of container {container_id}"):

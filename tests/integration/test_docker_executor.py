@@ -112,6 +112,25 @@ def test_stderr_is_kept_apart_from_stdout(executor, test_image, remove_later):
     assert executor.get_logs(container_id, tail=1) in {"out-2\n", "err-2\n"}
 
 
+def test_both_streams_in_one_read_keep_their_own_bytes(executor, test_image, remove_later):
+    # 100 KiB lines on stdout (the engine splits them into frames) between stderr lines.
+    script = "echo err-1 >&2; head -c 102400 /dev/zero | tr '\\0' x; echo; echo err-2 >&2"
+    container_id = remove_later(executor.run(_spec(test_image, "sh", "-c", script)))
+
+    assert executor.wait(container_id, timeout=30) == 0
+    read: dict[str, bytes] = {"stdout": b"", "stderr": b""}
+    for stream, chunk in executor.iter_outputs(container_id):
+        read[stream] += chunk
+    assert read["stdout"] == b"x" * 102400 + b"\n"
+    assert read["stderr"] == b"err-1\nerr-2\n"
+    assert read["stdout"] == _output(executor, container_id, "stdout")
+
+
+def test_both_streams_of_a_vanished_container(executor):
+    with pytest.raises(ContainerNotFoundError):
+        list(executor.iter_outputs("cm-no-such-container"))
+
+
 def test_environment_reaches_the_container(executor, engine_host, test_image, remove_later):
     job = ContainerJobFactory(
         docker_host=engine_host,

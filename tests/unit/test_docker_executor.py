@@ -7,6 +7,7 @@ pulling, waiting, TLS, the lazy client, and the maintenance calls.
 
 from __future__ import annotations
 
+import io
 from datetime import UTC, datetime
 from unittest.mock import Mock, patch
 
@@ -932,6 +933,103 @@ def test_iter_output_of_a_vanished_container():
 
         with pytest.raises(ContainerNotFoundError):
             list(executor.iter_output("c1", "stdout"))
+
+
+def _frame(kind: int, payload: bytes) -> bytes:
+    return bytes([kind, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
+
+
+def _logs_answer(body: bytes, status: int = 200) -> requests.Response:
+    """What the engine answers to GET /containers/{id}/logs, as requests hands it over."""
+    response = requests.Response()
+    response.status_code = status
+    response.raw = io.BytesIO(body)
+    response.url = "http+docker://localhost/v1.41/containers/c1/logs"
+    return response
+
+
+def _mock_api(mock_client: Mock, answer: requests.Response) -> Mock:
+    api = mock_client.return_value.api
+    api.base_url = "http+docker://localhost"
+    api.api_version = "1.41"
+    api.timeout = 30
+    api.get.return_value = answer
+    return api
+
+
+def test_iter_outputs_reads_both_streams_in_one_request_without_inspecting():
+    executor = _executor()
+    body = _frame(1, b"out 1\n") + _frame(2, b"err 1\n") + _frame(1, b"out 2\n")
+    with patch("docker.DockerClient") as mock_client:
+        api = _mock_api(mock_client, _logs_answer(body))
+
+        chunks = list(executor.iter_outputs("c1"))
+
+    assert chunks == [("stdout", b"out 1\n"), ("stderr", b"err 1\n"), ("stdout", b"out 2\n")]
+    api.get.assert_called_once()
+    url = api.get.call_args.args[0]
+    assert url == "http+docker://localhost/v1.41/containers/c1/logs"
+    assert api.get.call_args.kwargs["params"]["stdout"] == 1
+    assert api.get.call_args.kwargs["params"]["stderr"] == 1
+    assert api.get.call_args.kwargs["stream"] is True
+    api.inspect_container.assert_not_called()
+    api.logs.assert_not_called()
+
+
+def test_iter_outputs_reads_a_big_frame_in_bounded_pieces():
+    executor = _executor()
+    payload = b"x" * (200 * 1024 + 5)
+    with patch("docker.DockerClient") as mock_client:
+        _mock_api(mock_client, _logs_answer(_frame(1, payload) + _frame(2, b"")))
+
+        chunks = list(executor.iter_outputs("c1"))
+
+    assert max(len(chunk) for _, chunk in chunks) == 64 * 1024
+    assert b"".join(chunk for _, chunk in chunks) == payload
+    assert {stream for stream, _ in chunks} == {"stdout"}
+
+
+@pytest.mark.parametrize(
+    "body", [_frame(1, b"complete\n") + b"\x01\x00", _frame(1, b"complete\n")[:-3]]
+)
+def test_iter_outputs_of_a_cut_answer_is_a_connection_error(body):
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        _mock_api(mock_client, _logs_answer(body))
+
+        with pytest.raises(ExecutorConnectionError, match="cut inside a frame"):
+            list(executor.iter_outputs("c1"))
+
+
+def test_iter_outputs_of_a_vanished_container():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        _mock_api(mock_client, _logs_answer(b'{"message":"No such container: c1"}', 404))
+
+        with pytest.raises(ContainerNotFoundError, match="No such container: c1"):
+            list(executor.iter_outputs("c1"))
+
+
+def test_iter_outputs_when_the_engine_does_not_answer():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        api = _mock_api(mock_client, _logs_answer(b""))
+        api.get.side_effect = requests.exceptions.ConnectionError("connection refused")
+
+        with pytest.raises(ExecutorConnectionError, match="connection refused"):
+            list(executor.iter_outputs("c1"))
+
+
+@pytest.mark.parametrize(
+    ("url", "trusts_env"),
+    [(SOCKET, False), ("tcp://127.0.0.1:2375", True), ("ssh://user@engine", True)],
+)
+def test_local_sockets_skip_the_environment_lookup_of_proxies(url, trusts_env):
+    executor = _executor(url)
+    with patch("docker.DockerClient") as mock_client:
+        mock_client.return_value.api.trust_env = True
+
+        assert executor.client.api.trust_env is trusts_env
 
 
 def test_find_container_by_name():
