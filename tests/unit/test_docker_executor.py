@@ -939,11 +939,18 @@ def _frame(kind: int, payload: bytes) -> bytes:
     return bytes([kind, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
 
 
-def _logs_answer(body: bytes, status: int = 200) -> requests.Response:
+class _Trickle(io.BytesIO):
+    """A body that arrives a few bytes at a time, cutting frames and headers anywhere."""
+
+    def read(self, size: int | None = -1) -> bytes:
+        return super().read(3)
+
+
+def _logs_answer(body: bytes, status: int = 200, *, trickle: bool = False) -> requests.Response:
     """What the engine answers to GET /containers/{id}/logs, as requests hands it over."""
     response = requests.Response()
     response.status_code = status
-    response.raw = io.BytesIO(body)
+    response.raw = _Trickle(body) if trickle else io.BytesIO(body)
     response.url = "http+docker://localhost/v1.41/containers/c1/logs"
     return response
 
@@ -959,13 +966,19 @@ def _mock_api(mock_client: Mock, answer: requests.Response) -> Mock:
 
 def test_iter_outputs_reads_both_streams_in_one_request_without_inspecting():
     executor = _executor()
-    body = _frame(1, b"out 1\n") + _frame(2, b"err 1\n") + _frame(1, b"out 2\n")
+    body = _frame(1, b"out 1\n") + _frame(1, b"out 2\n") + _frame(2, b"err 1\n")
+    body += _frame(1, b"out 3\n")
     with patch("docker.DockerClient") as mock_client:
         api = _mock_api(mock_client, _logs_answer(body))
 
         chunks = list(executor.iter_outputs("c1"))
 
-    assert chunks == [("stdout", b"out 1\n"), ("stderr", b"err 1\n"), ("stdout", b"out 2\n")]
+    # Consecutive frames of one stream come joined; the streams' order is kept.
+    assert chunks == [
+        ("stdout", b"out 1\nout 2\n"),
+        ("stderr", b"err 1\n"),
+        ("stdout", b"out 3\n"),
+    ]
     api.get.assert_called_once()
     url = api.get.call_args.args[0]
     assert url == "http+docker://localhost/v1.41/containers/c1/logs"
@@ -984,9 +997,25 @@ def test_iter_outputs_reads_a_big_frame_in_bounded_pieces():
 
         chunks = list(executor.iter_outputs("c1"))
 
-    assert max(len(chunk) for _, chunk in chunks) == 64 * 1024
+    assert len(chunks) > 1
+    assert max(len(chunk) for _, chunk in chunks) <= 64 * 1024
     assert b"".join(chunk for _, chunk in chunks) == payload
     assert {stream for stream, _ in chunks} == {"stdout"}
+
+
+def test_iter_outputs_of_an_answer_cut_anywhere_into_pieces():
+    executor = _executor()
+    lines = [(1 + n % 2, f"line {n}\n".encode()) for n in range(50)]
+    body = b"".join(_frame(kind, line) for kind, line in lines) + _frame(0, b"stdin?")
+    with patch("docker.DockerClient") as mock_client:
+        _mock_api(mock_client, _logs_answer(body, trickle=True))
+
+        chunks = list(executor.iter_outputs("c1"))
+
+    for kind, stream in ((1, "stdout"), (2, "stderr")):
+        expected = b"".join(line for k, line in lines if k == kind)
+        assert b"".join(chunk for s, chunk in chunks if s == stream) == expected
+    assert {stream for stream, _ in chunks} == {"stdout", "stderr"}
 
 
 @pytest.mark.parametrize(
