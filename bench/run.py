@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import os
 import statistics
 import subprocess
@@ -19,7 +20,7 @@ import sys
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -108,6 +109,27 @@ def _machine_cpu() -> float:
     return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
 
 
+@contextlib.contextmanager
+def _engine_requests() -> Iterator[list[int]]:
+    """Count the HTTP requests made to the engine (through the SDK's client) meanwhile."""
+    from docker.api.client import APIClient
+
+    count = [0]
+    lock = threading.Lock()
+    send = APIClient.send
+
+    def counting(self, request, **kwargs):
+        with lock:
+            count[0] += 1
+        return send(self, request, **kwargs)
+
+    APIClient.send = counting  # type: ignore[method-assign]
+    try:
+        yield count
+    finally:
+        APIClient.send = send  # type: ignore[method-assign]
+
+
 def _paired_rounds(
     jobs: int, concurrency: int, rounds: int, probe: Callable[[str, Callable[[], None]], None]
 ) -> None:
@@ -141,13 +163,16 @@ def bench_throughput(jobs: int, concurrency: int, rounds: int) -> None:
     printed for both sides: on this 2-core machine the engine is CPU-bound, so every
     millisecond the worker (or PostgreSQL) burns is taken from the engine."""
     measured: dict[str, list[tuple[float, float, float]]] = {"raw": [], "worker": []}
+    requests: dict[str, int] = {"raw": 0, "worker": 0}
 
     def probe(side: str, run: Callable[[], None]) -> None:
         own, machine, began = time.process_time(), _machine_cpu(), time.perf_counter()
-        run()
+        with _engine_requests() as count:
+            run()
         measured[side].append(
             (time.perf_counter() - began, time.process_time() - own, _machine_cpu() - machine)
         )
+        requests[side] += count[0]
 
     _paired_rounds(jobs, concurrency, rounds, probe)
     raw = statistics.median(t for t, _, _ in measured["raw"])
@@ -163,6 +188,10 @@ def bench_throughput(jobs: int, concurrency: int, rounds: int) -> None:
         own = statistics.median(c for _, c, _ in measured[side]) / jobs * 1000
         machine = statistics.median(m for _, _, m in measured[side]) / jobs * 1000
         report(f"  CPU per job, {side}", f"own process {own:.0f} ms  machine {machine:.0f} ms")
+    report(
+        "  engine requests per job",
+        "  ".join(f"{side} {requests[side] / jobs / rounds:.1f}" for side in requests),
+    )
     # Each round's two runs are back to back: the ratio within a round cancels the drift
     # between rounds; the median over rounds drops the odd disturbed one.
     pairs = [r[0] / w[0] for r, w in zip(measured["raw"], measured["worker"], strict=True)]
