@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 from urllib.parse import quote
 
 import docker
@@ -119,6 +119,9 @@ class DockerExecutor(BaseExecutor):
     ``config["docker_host"]`` is an :class:`~container_manager.models.ExecutorHost` or an engine
     URL; optional ``timeout`` (seconds per engine call) and ``pool_size`` (connections).
     """
+
+    #: What a job runs as on the engine (the Engine API's word for it).
+    runs_as: ClassVar[str] = "container"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -377,11 +380,12 @@ class DockerExecutor(BaseExecutor):
     def iter_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
         """Both streams in one logs request, demultiplexed here. The SDK's ``logs`` would
         take one request per stream, each after an inspect call to learn whether the
-        container has a TTY; this executor's containers never do."""
+        container has a TTY; this executor's containers (and services) never do."""
         api = self.client.api
-        url = f"{api.base_url}/v{api.api_version}/containers/{quote(container_id, safe='')}/logs"
+        job_id = quote(container_id, safe="")
+        url = f"{api.base_url}/v{api.api_version}/{self.runs_as}s/{job_id}/logs"
         params = {"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"}
-        with self._engine(f"Read the output of container {container_id}"):
+        with self._engine(f"Read the output of {self.runs_as} {container_id}"):
             response = api.get(url, params=params, stream=True, timeout=api.timeout)
             try:
                 _raise_for_status(response)

@@ -160,6 +160,7 @@ class SwarmExecutor(DockerExecutor):
     supports_resource_limits: ClassVar[bool] = True
     #: Real figures for tasks on the node this executor talks to; zeros for other nodes'.
     supports_stats: ClassVar[bool] = True
+    runs_as: ClassVar[str] = "service"
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)

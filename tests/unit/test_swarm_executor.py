@@ -7,6 +7,7 @@ translation it shares with DockerExecutor.
 
 from __future__ import annotations
 
+import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -552,6 +553,21 @@ def test_stdout_and_stderr_are_read_apart(sdk):
         call(SERVICE, stdout=True, stderr=False, follow=False, is_tty=False),
         call(SERVICE, stdout=False, stderr=True, follow=False, is_tty=False),
     ]
+
+
+def test_both_streams_are_read_in_one_service_logs_request(sdk):
+    answer = requests.Response()
+    answer.status_code = 200
+    answer.raw = io.BytesIO(
+        b"\x01\x00\x00\x00\x00\x00\x00\x04out\n\x02\x00\x00\x00\x00\x00\x00\x04err\n"
+    )
+    sdk.api.base_url = "http+docker://localhost"
+    sdk.api.api_version = "1.41"
+    sdk.api.get.return_value = answer
+
+    assert list(_executor().iter_outputs(SERVICE)) == [("stdout", b"out\n"), ("stderr", b"err\n")]
+    assert sdk.api.get.call_args.args == (f"http+docker://localhost/v1.41/services/{SERVICE}/logs",)
+    sdk.api.service_logs.assert_not_called()
 
 
 def test_output_of_an_unknown_service(sdk):
