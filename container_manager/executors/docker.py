@@ -13,7 +13,6 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
-from urllib.parse import quote
 
 import docker
 import requests
@@ -382,11 +381,12 @@ class DockerExecutor(BaseExecutor):
         take one request per stream, each after an inspect call to learn whether the
         container has a TTY; this executor's containers (and services) never do."""
         api = self.client.api
-        job_id = quote(container_id, safe="")
-        url = f"{api.base_url}/v{api.api_version}/{self.runs_as}s/{job_id}/logs"
         params = {"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"}
         with self._engine(f"Read the output of {self.runs_as} {container_id}"):
-            response = api.get(url, params=params, stream=True, timeout=api.timeout)
+            # The SDK's own request helpers, as its logs() uses them: the versioned URL, the
+            # client's timeout and the HttpHeaders of the Docker config file.
+            url = api._url(f"/{self.runs_as}s/{{0}}/logs", container_id)
+            response = api._get(url, params=params, stream=True)
             try:
                 _raise_for_status(response)
                 yield from _frames(response.iter_content(_READ_SIZE))

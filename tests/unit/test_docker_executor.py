@@ -956,11 +956,10 @@ def _logs_answer(body: bytes, status: int = 200, *, trickle: bool = False) -> re
 
 
 def _mock_api(mock_client: Mock, answer: requests.Response) -> Mock:
+    """The SDK's request helpers: ``_url`` (as the SDK builds it) and ``_get``."""
     api = mock_client.return_value.api
-    api.base_url = "http+docker://localhost"
-    api.api_version = "1.41"
-    api.timeout = 30
-    api.get.return_value = answer
+    api._url.side_effect = lambda path, *args: "http+docker://localhost/v1.41" + path.format(*args)
+    api._get.return_value = answer
     return api
 
 
@@ -979,12 +978,12 @@ def test_iter_outputs_reads_both_streams_in_one_request_without_inspecting():
         ("stderr", b"err 1\n"),
         ("stdout", b"out 3\n"),
     ]
-    api.get.assert_called_once()
-    url = api.get.call_args.args[0]
+    api._get.assert_called_once()
+    url = api._get.call_args.args[0]
     assert url == "http+docker://localhost/v1.41/containers/c1/logs"
-    assert api.get.call_args.kwargs["params"]["stdout"] == 1
-    assert api.get.call_args.kwargs["params"]["stderr"] == 1
-    assert api.get.call_args.kwargs["stream"] is True
+    assert api._get.call_args.kwargs["params"]["stdout"] == 1
+    assert api._get.call_args.kwargs["params"]["stderr"] == 1
+    assert api._get.call_args.kwargs["stream"] is True
     api.inspect_container.assert_not_called()
     api.logs.assert_not_called()
 
@@ -1043,7 +1042,7 @@ def test_iter_outputs_when_the_engine_does_not_answer():
     executor = _executor()
     with patch("docker.DockerClient") as mock_client:
         api = _mock_api(mock_client, _logs_answer(b""))
-        api.get.side_effect = requests.exceptions.ConnectionError("connection refused")
+        api._get.side_effect = requests.exceptions.ConnectionError("connection refused")
 
         with pytest.raises(ExecutorConnectionError, match="connection refused"):
             list(executor.iter_outputs("c1"))

@@ -561,12 +561,15 @@ def test_both_streams_are_read_in_one_service_logs_request(sdk):
     answer.raw = io.BytesIO(
         b"\x01\x00\x00\x00\x00\x00\x00\x04out\n\x02\x00\x00\x00\x00\x00\x00\x04err\n"
     )
-    sdk.api.base_url = "http+docker://localhost"
-    sdk.api.api_version = "1.41"
-    sdk.api.get.return_value = answer
+    sdk.api._url.side_effect = lambda path, *args: (
+        "http+docker://localhost/v1.41" + path.format(*args)
+    )
+    sdk.api._get.return_value = answer
 
     assert list(_executor().iter_outputs(SERVICE)) == [("stdout", b"out\n"), ("stderr", b"err\n")]
-    assert sdk.api.get.call_args.args == (f"http+docker://localhost/v1.41/services/{SERVICE}/logs",)
+    assert sdk.api._get.call_args.args == (
+        f"http+docker://localhost/v1.41/services/{SERVICE}/logs",
+    )
     sdk.api.service_logs.assert_not_called()
 
 
