@@ -95,12 +95,15 @@ def collect_output(
     with ExitStack() as stack:
         collectors: dict[Stream, _Collector] = {}
         for stream in streams:
-            collector = collectors[stream] = _Collector(TailBuffer(conf.LOG_TAIL_BYTES))
-            if conf.LOG_STORAGE and names.get(stream):
-                collector.storage, collector.name = conf.LOG_STORAGE, names[stream]
-                collector.spool = stack.enter_context(
+            name = names.get(stream, "") if conf.LOG_STORAGE else ""
+            spool = None
+            if name:
+                spool = stack.enter_context(
                     tempfile.SpooledTemporaryFile(max_size=conf.LOG_TAIL_BYTES)
                 )
+            collectors[stream] = _Collector(
+                TailBuffer(conf.LOG_TAIL_BYTES), spool, conf.LOG_STORAGE or "", name
+            )
         for stream, chunk in executor.iter_outputs(container_id):
             collectors[stream].write(chunk)
         return {stream: collector.result() for stream, collector in collectors.items()}

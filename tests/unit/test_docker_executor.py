@@ -7,7 +7,6 @@ pulling, waiting, TLS, the lazy client, and the maintenance calls.
 
 from __future__ import annotations
 
-import io
 from datetime import UTC, datetime
 from unittest.mock import Mock, patch
 
@@ -27,6 +26,7 @@ from container_manager.exceptions import (
 from container_manager.executors.base import LABEL_MANAGED, ContainerState, JobSpec
 from container_manager.executors.docker import DockerExecutor
 from container_manager.testing.factories import ContainerJobFactory, ExecutorHostFactory
+from tests.logs_answers import answer_logs, frame, logs_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -935,40 +935,12 @@ def test_iter_output_of_a_vanished_container():
             list(executor.iter_output("c1", "stdout"))
 
 
-def _frame(kind: int, payload: bytes) -> bytes:
-    return bytes([kind, 0, 0, 0]) + len(payload).to_bytes(4, "big") + payload
-
-
-class _Trickle(io.BytesIO):
-    """A body that arrives a few bytes at a time, cutting frames and headers anywhere."""
-
-    def read(self, size: int | None = -1) -> bytes:
-        return super().read(3)
-
-
-def _logs_answer(body: bytes, status: int = 200, *, trickle: bool = False) -> requests.Response:
-    """What the engine answers to GET /containers/{id}/logs, as requests hands it over."""
-    response = requests.Response()
-    response.status_code = status
-    response.raw = _Trickle(body) if trickle else io.BytesIO(body)
-    response.url = "http+docker://localhost/v1.41/containers/c1/logs"
-    return response
-
-
-def _mock_api(mock_client: Mock, answer: requests.Response) -> Mock:
-    """The SDK's request helpers: ``_url`` (as the SDK builds it) and ``_get``."""
-    api = mock_client.return_value.api
-    api._url.side_effect = lambda path, *args: "http+docker://localhost/v1.41" + path.format(*args)
-    api._get.return_value = answer
-    return api
-
-
 def test_iter_outputs_reads_both_streams_in_one_request_without_inspecting():
     executor = _executor()
-    body = _frame(1, b"out 1\n") + _frame(1, b"out 2\n") + _frame(2, b"err 1\n")
-    body += _frame(1, b"out 3\n")
+    body = frame(1, b"out 1\n") + frame(1, b"out 2\n") + frame(2, b"err 1\n")
+    body += frame(1, b"out 3\n")
     with patch("docker.DockerClient") as mock_client:
-        api = _mock_api(mock_client, _logs_answer(body))
+        api = answer_logs(mock_client.return_value.api, logs_answer(body))
 
         chunks = list(executor.iter_outputs("c1"))
 
@@ -992,7 +964,7 @@ def test_iter_outputs_reads_a_big_frame_in_bounded_pieces():
     executor = _executor()
     payload = b"x" * (200 * 1024 + 5)
     with patch("docker.DockerClient") as mock_client:
-        _mock_api(mock_client, _logs_answer(_frame(1, payload) + _frame(2, b"")))
+        answer_logs(mock_client.return_value.api, logs_answer(frame(1, payload) + frame(2, b"")))
 
         chunks = list(executor.iter_outputs("c1"))
 
@@ -1005,9 +977,9 @@ def test_iter_outputs_reads_a_big_frame_in_bounded_pieces():
 def test_iter_outputs_of_an_answer_cut_anywhere_into_pieces():
     executor = _executor()
     lines = [(1 + n % 2, f"line {n}\n".encode()) for n in range(50)]
-    body = b"".join(_frame(kind, line) for kind, line in lines) + _frame(0, b"stdin?")
+    body = b"".join(frame(kind, line) for kind, line in lines) + frame(0, b"stdin?")
     with patch("docker.DockerClient") as mock_client:
-        _mock_api(mock_client, _logs_answer(body, trickle=True))
+        answer_logs(mock_client.return_value.api, logs_answer(body, trickle=True))
 
         chunks = list(executor.iter_outputs("c1"))
 
@@ -1018,12 +990,12 @@ def test_iter_outputs_of_an_answer_cut_anywhere_into_pieces():
 
 
 @pytest.mark.parametrize(
-    "body", [_frame(1, b"complete\n") + b"\x01\x00", _frame(1, b"complete\n")[:-3]]
+    "body", [frame(1, b"complete\n") + b"\x01\x00", frame(1, b"complete\n")[:-3]]
 )
 def test_iter_outputs_of_a_cut_answer_is_a_connection_error(body):
     executor = _executor()
     with patch("docker.DockerClient") as mock_client:
-        _mock_api(mock_client, _logs_answer(body))
+        answer_logs(mock_client.return_value.api, logs_answer(body))
 
         with pytest.raises(ExecutorConnectionError, match="cut inside a frame"):
             list(executor.iter_outputs("c1"))
@@ -1032,7 +1004,9 @@ def test_iter_outputs_of_a_cut_answer_is_a_connection_error(body):
 def test_iter_outputs_of_a_vanished_container():
     executor = _executor()
     with patch("docker.DockerClient") as mock_client:
-        _mock_api(mock_client, _logs_answer(b'{"message":"No such container: c1"}', 404))
+        answer_logs(
+            mock_client.return_value.api, logs_answer(b'{"message":"No such container: c1"}', 404)
+        )
 
         with pytest.raises(ContainerNotFoundError, match="No such container: c1"):
             list(executor.iter_outputs("c1"))
@@ -1041,7 +1015,7 @@ def test_iter_outputs_of_a_vanished_container():
 def test_iter_outputs_when_the_engine_does_not_answer():
     executor = _executor()
     with patch("docker.DockerClient") as mock_client:
-        api = _mock_api(mock_client, _logs_answer(b""))
+        api = answer_logs(mock_client.return_value.api, logs_answer(b""))
         api._get.side_effect = requests.exceptions.ConnectionError("connection refused")
 
         with pytest.raises(ExecutorConnectionError, match="connection refused"):

@@ -7,7 +7,6 @@ translation it shares with DockerExecutor.
 
 from __future__ import annotations
 
-import io
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -40,6 +39,7 @@ from container_manager.executors.swarm import (
 )
 from container_manager.testing.factories import ContainerJobFactory, ExecutorHostFactory
 from tests.conftest import SESSION_ID, SESSION_LABEL
+from tests.logs_answers import ENGINE, answer_logs, frame, logs_answer
 
 pytestmark = pytest.mark.django_db
 
@@ -556,20 +556,10 @@ def test_stdout_and_stderr_are_read_apart(sdk):
 
 
 def test_both_streams_are_read_in_one_service_logs_request(sdk):
-    answer = requests.Response()
-    answer.status_code = 200
-    answer.raw = io.BytesIO(
-        b"\x01\x00\x00\x00\x00\x00\x00\x04out\n\x02\x00\x00\x00\x00\x00\x00\x04err\n"
-    )
-    sdk.api._url.side_effect = lambda path, *args: (
-        "http+docker://localhost/v1.41" + path.format(*args)
-    )
-    sdk.api._get.return_value = answer
+    answer_logs(sdk.api, logs_answer(frame(1, b"out\n") + frame(2, b"err\n")))
 
     assert list(_executor().iter_outputs(SERVICE)) == [("stdout", b"out\n"), ("stderr", b"err\n")]
-    assert sdk.api._get.call_args.args == (
-        f"http+docker://localhost/v1.41/services/{SERVICE}/logs",
-    )
+    assert sdk.api._get.call_args.args == (f"{ENGINE}/services/{SERVICE}/logs",)
     sdk.api.service_logs.assert_not_called()
 
 
