@@ -70,11 +70,11 @@ def _raise_for_status(response: requests.Response) -> None:
 
 def _frames(chunks: Iterable[bytes]) -> Iterator[tuple[Stream, bytes]]:
     """Demultiplex a non-TTY log answer that arrives in ``chunks`` of any size: each
-    stream's bytes, tagged with the stream, in pieces of at most a chunk (and the few bytes
-    of a header the previous chunk cut). A frame is one
-    line (or a 16 KiB part of a long one), so frames are parsed here in bulk, and the
-    consecutive frames of a stream within a chunk are joined: reading frame by frame off the
-    socket costs seconds of CPU per million lines."""
+    stream's bytes, tagged with the stream, in pieces of at most a chunk (plus the few bytes
+    of a header the previous chunk cut). A frame is one line (or a 16 KiB part of a long
+    one), so frames are parsed here in bulk, and the consecutive frames of a stream within a
+    chunk are joined: reading frame by frame off the socket costs seconds of CPU per million
+    lines."""
     data = b""  # what is left of the previous chunk: part of a frame header
     kind, left = 0, 0  # the current frame's stream, and how much of its payload is to come
     for chunk in chunks:
