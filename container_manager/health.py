@@ -38,9 +38,11 @@ def check_host(host: ExecutorHost) -> tuple[bool, str]:
     return healthy, detail
 
 
-def healthy_hosts() -> QuerySet[ExecutorHost]:
-    """Active hosts whose consecutive failed checks are under UNHEALTHY_AFTER."""
-    threshold = get_settings().UNHEALTHY_AFTER
+def healthy_hosts(threshold: int | None = None) -> QuerySet[ExecutorHost]:
+    """Active hosts whose consecutive failed checks are under ``threshold`` (by default
+    UNHEALTHY_AFTER)."""
+    if threshold is None:
+        threshold = get_settings().UNHEALTHY_AFTER
     return ExecutorHost.objects.filter(Q(is_active=True) & Q(health_check_failures__lt=threshold))
 
 

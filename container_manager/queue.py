@@ -20,6 +20,7 @@ from django.db import connection, transaction
 from django.db.models import Count, F, Q, QuerySet
 from django.utils import timezone
 
+from .compiled import fetch
 from .conf import get_settings
 from .environment import format_environment
 from .exceptions import ConfigurationError, InvalidJobError, JobStateError
@@ -168,7 +169,7 @@ def _pinned_candidates(rooms: dict[int, HostRoom], limit: int, now: datetime) ->
     for room in rooms.values():
         if room.free <= 0:
             continue
-        for job in _due(now).filter(docker_host=room.pk)[: min(room.free, limit)]:
+        for job in fetch(_due_on_host, room.pk, min(room.free, limit), now=now):
             job.docker_host = room.host  # the row this claim has locked: no second read
             found.append(_Candidate(job))
     return found
@@ -176,12 +177,11 @@ def _pinned_candidates(rooms: dict[int, HostRoom], limit: int, now: datetime) ->
 
 def _open_candidates(limit: int, now: datetime) -> list[_Candidate]:
     """Due jobs that name no host, best first."""
-    query = _due(now).filter(docker_host__isnull=True)[:limit]
     return [
         _Candidate(
             job, OpenJob(dict(job.required_labels or {}), bool(job.memory_limit or job.cpu_limit))
         )
-        for job in query
+        for job in fetch(_due_open, limit, now=now)
     ]
 
 
@@ -197,19 +197,40 @@ def _due(now: datetime) -> QuerySet[ContainerJob]:
     return query
 
 
-def _rooms(hosts: Sequence[str] | None) -> dict[int, HostRoom]:
-    """Active, healthy hosts (locked, on PostgreSQL, for the claim) with their load."""
-    query = healthy_hosts()
-    if hosts:
-        query = query.filter(name__in=hosts)
+def _due_on_host(host_pk: int, limit: int, now: datetime) -> QuerySet[ContainerJob]:
+    return _due(now).filter(docker_host=host_pk)[:limit]
+
+
+def _due_open(limit: int, now: datetime) -> QuerySet[ContainerJob]:
+    return _due(now).filter(docker_host__isnull=True)[:limit]
+
+
+def _healthy_locked(names: tuple[str, ...], threshold: int) -> QuerySet[ExecutorHost]:
+    """Active, healthy hosts, locked on PostgreSQL for the claim."""
+    query = healthy_hosts(threshold)
+    if names:
+        query = query.filter(name__in=names)
     if _supports_skip_locked():
         query = query.select_for_update()
-    found = list(query)
-    busy = dict(
-        ContainerJob.objects.filter(docker_host__in=found, status__in=JobStatus.active())
+    return query
+
+
+def _busy_counts(host_pks: tuple[int, ...]) -> QuerySet[ContainerJob, tuple[int, int]]:
+    """Jobs launching or running on each host, counting every worker's. A statement of its
+    own, after the hosts are locked: it then sees the jobs of the claim that held the locks
+    before."""
+    return (
+        ContainerJob.objects.filter(docker_host__in=host_pks, status__in=JobStatus.active())
         .values_list("docker_host")
         .annotate(n=Count("pk"))
+        .order_by()
     )
+
+
+def _rooms(hosts: Sequence[str] | None) -> dict[int, HostRoom]:
+    """Active, healthy hosts (locked, on PostgreSQL, for the claim) with their load."""
+    found = fetch(_healthy_locked, tuple(hosts or ()), get_settings().UNHEALTHY_AFTER)
+    busy = dict(fetch(_busy_counts, tuple(h.pk for h in found)))
     return {
         h.pk: HostRoom(
             h.pk,

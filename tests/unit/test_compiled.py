@@ -1,0 +1,150 @@
+"""compiled.fetch: querysets compiled once, run again with a fresh ``now``; the rows match
+what the ORM itself returns."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pytest
+from django.db import transaction
+from django.db.models import Count, F, QuerySet
+from django.utils import timezone
+
+from container_manager import compiled
+from container_manager.models import ContainerJob, ExecutorHost, JobStatus
+from container_manager.testing.factories import ContainerJobFactory, ExecutorHostFactory
+
+pytestmark = pytest.mark.django_db
+
+
+def due(host_pk: int, now) -> QuerySet[ContainerJob]:
+    return (
+        ContainerJob.objects.filter(docker_host=host_pk, status=JobStatus.QUEUED)
+        .filter(run_after__lte=now)
+        .order_by("created_at")
+        .defer("stdout_log")
+    )
+
+
+def counts(host_pk: int) -> QuerySet[ContainerJob, tuple[str, int]]:
+    return (
+        ContainerJob.objects.filter(docker_host=host_pk)
+        .values_list("status")
+        .annotate(n=Count("pk"))
+        .order_by("status")
+    )
+
+
+def with_double_priority(host_pk: int) -> QuerySet[ContainerJob]:
+    return ContainerJob.objects.filter(docker_host=host_pk).annotate(double=F("priority") * 2)
+
+
+@pytest.fixture
+def host():
+    return ExecutorHostFactory()
+
+
+def test_model_rows_are_what_the_orm_returns(host):
+    job = ContainerJobFactory(
+        docker_host=host,
+        required_labels={"zone": "a"},
+        stdout_log="old output",
+        run_after=timezone.now() - timedelta(minutes=1),
+    )
+    now = timezone.now()
+    [fetched] = compiled.fetch(due, host.pk, now=now)
+    [orm] = list(due(host.pk, now))
+    assert fetched.pk == orm.pk == job.pk
+    for field in ContainerJob._meta.concrete_fields:
+        if field.name != "stdout_log":
+            assert getattr(fetched, field.attname) == getattr(orm, field.attname), field.name
+    assert fetched.required_labels == {"zone": "a"}  # the JSON column's converter ran
+    assert fetched.run_after == job.run_after and fetched.run_after.tzinfo is not None
+    assert fetched.get_deferred_fields() == orm.get_deferred_fields() == {"stdout_log"}
+    assert fetched.stdout_log == "old output"  # loaded on access, as the ORM's instance is
+    assert not fetched._state.adding and fetched._state.db == "default"
+
+
+def test_now_is_replaced_on_every_run(host):
+    soon = ContainerJobFactory(docker_host=host, run_after=timezone.now() + timedelta(hours=1))
+    assert compiled.fetch(due, host.pk, now=timezone.now()) == []
+    later = timezone.now() + timedelta(hours=2)
+    assert [j.pk for j in compiled.fetch(due, host.pk, now=later)] == [soon.pk]
+
+
+def test_other_arguments_get_a_statement_of_their_own(host):
+    other = ExecutorHostFactory()
+    mine = ContainerJobFactory(docker_host=host, run_after=timezone.now())
+    theirs = ContainerJobFactory(docker_host=other, run_after=timezone.now())
+    now = timezone.now() + timedelta(seconds=1)
+    assert [j.pk for j in compiled.fetch(due, host.pk, now=now)] == [mine.pk]
+    assert [j.pk for j in compiled.fetch(due, other.pk, now=now)] == [theirs.pk]
+
+
+def test_a_queryset_is_built_once_and_each_run_is_one_query(host, django_assert_num_queries):
+    built = []
+
+    def counting(host_pk: int):
+        built.append(host_pk)
+        return ContainerJob.objects.filter(docker_host=host_pk)
+
+    ContainerJobFactory(docker_host=host)
+    with django_assert_num_queries(3):
+        for _ in range(3):
+            assert len(compiled.fetch(counting, host.pk)) == 1
+    assert built == [host.pk]
+
+
+def test_values_list_rows_are_tuples_as_the_orm_returns_them(host):
+    ContainerJobFactory(docker_host=host)
+    ContainerJobFactory(docker_host=host)
+    ContainerJobFactory(docker_host=host, status=JobStatus.RUNNING, worker_id="w")
+    assert compiled.fetch(counts, host.pk) == list(counts(host.pk)) == [
+        ("queued", 2),
+        ("running", 1),
+    ]
+
+
+def test_annotations_are_set_on_the_instances(host):
+    ContainerJobFactory(docker_host=host, priority=7)
+    [job] = compiled.fetch(with_double_priority, host.pk)
+    assert job.double == 14 and job.priority == 7
+
+
+def test_a_queryset_that_matches_nothing_runs_no_query(django_assert_num_queries):
+    with django_assert_num_queries(0):
+        assert compiled.fetch(lambda pks: ContainerJob.objects.filter(pk__in=pks), ()) == []
+
+
+def test_select_for_update_runs_inside_the_callers_transaction(host):
+    ContainerJobFactory(docker_host=host)
+
+    def locked(host_pk: int):
+        return ContainerJob.objects.filter(docker_host=host_pk).select_for_update()
+
+    with transaction.atomic():
+        assert len(compiled.fetch(locked, host.pk)) == 1
+
+
+def test_a_builder_that_ignores_now_is_refused(host):
+    with pytest.raises(ValueError, match="without the `now`"):
+        compiled.fetch(lambda pk, now: ContainerJob.objects.filter(pk=pk), 1, now=timezone.now())
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: ContainerJob.objects.values("pk"),
+        lambda: ContainerJob.objects.values_list("pk", flat=True),
+        lambda: ContainerJob.objects.select_related("docker_host"),
+    ],
+    ids=["values", "flat", "select_related"],
+)
+def test_querysets_it_cannot_rebuild_rows_for_are_refused(build):
+    with pytest.raises(TypeError):
+        compiled.fetch(build)
+
+
+def test_hosts_of_the_claim_come_back_whole(host):
+    [fetched] = compiled.fetch(lambda: ExecutorHost.objects.filter(pk=host.pk))
+    assert fetched == host and fetched.labels == host.labels and fetched.name == host.name
