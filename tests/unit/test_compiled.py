@@ -148,3 +148,18 @@ def test_querysets_it_cannot_rebuild_rows_for_are_refused(build):
 def test_hosts_of_the_claim_come_back_whole(host):
     [fetched] = compiled.fetch(lambda: ExecutorHost.objects.filter(pk=host.pk))
     assert fetched == host and fetched.labels == host.labels and fetched.name == host.name
+
+
+def test_columns_added_for_a_distinct_ordering_are_dropped(host):
+    def statuses(host_pk: int):
+        return (
+            ContainerJob.objects.filter(docker_host=host_pk)
+            .values_list("status")
+            .distinct()
+            .order_by("priority")
+        )
+
+    ContainerJobFactory(docker_host=host, priority=2)
+    ContainerJobFactory(docker_host=host, priority=1, status=JobStatus.RUNNING, worker_id="w")
+    assert compiled.fetch(statuses, host.pk) == list(statuses(host.pk))
+    assert compiled.fetch(statuses, host.pk) == [("running",), ("queued",)]
