@@ -99,10 +99,14 @@ def test_values_list_rows_are_tuples_as_the_orm_returns_them(host):
     ContainerJobFactory(docker_host=host)
     ContainerJobFactory(docker_host=host)
     ContainerJobFactory(docker_host=host, status=JobStatus.RUNNING, worker_id="w")
-    assert compiled.fetch(counts, host.pk) == list(counts(host.pk)) == [
-        ("queued", 2),
-        ("running", 1),
-    ]
+    assert (
+        compiled.fetch(counts, host.pk)
+        == list(counts(host.pk))
+        == [
+            ("queued", 2),
+            ("running", 1),
+        ]
+    )
 
 
 def test_annotations_are_set_on_the_instances(host):
