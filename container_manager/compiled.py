@@ -97,6 +97,9 @@ _statements: WeakKeyDictionary[BaseDatabaseWrapper, dict[Hashable, _Statement]] 
     WeakKeyDictionary()
 )
 _lock = threading.Lock()
+#: Statements kept per connection. The claim's arguments (host ids, batch sizes, the set of
+#: healthy hosts) take few values, but a long-lived worker must not keep every one it saw.
+MAX_STATEMENTS = 256
 
 
 def fetch(
@@ -118,5 +121,7 @@ def fetch(
     if statement is None:
         queryset = build(*args, _NOW) if now is not None else build(*args)
         statement = _Statement.compile(queryset.using(using), with_now=now is not None)
+        if len(statements) >= MAX_STATEMENTS:  # arguments seen over months: start afresh
+            statements.clear()
         statements[key] = statement
     return statement.run(now)

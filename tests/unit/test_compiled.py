@@ -167,3 +167,17 @@ def test_columns_added_for_a_distinct_ordering_are_dropped(host):
     ContainerJobFactory(docker_host=host, priority=1, status=JobStatus.RUNNING, worker_id="w")
     assert compiled.fetch(statuses, host.pk) == list(statuses(host.pk))
     assert compiled.fetch(statuses, host.pk) == [("running",), ("queued",)]
+
+
+def test_a_connection_keeps_a_bounded_number_of_statements(host, monkeypatch):
+    built = []
+
+    def counting(pk: int):
+        built.append(pk)
+        return ContainerJob.objects.filter(pk=pk)
+
+    monkeypatch.setattr(compiled, "MAX_STATEMENTS", 2)
+    for pk in (1, 2, 1, 3, 1):
+        compiled.fetch(counting, pk)
+    # 1 and 2 are kept; 3 finds the cache full and starts it afresh, so 1 is built again.
+    assert built == [1, 2, 3, 1]
