@@ -340,39 +340,33 @@ def bench_claim(big: int, samples: int, rounds: int = 3) -> None:
     ContainerJob.objects.bulk_create(filler, batch_size=5000)
     filler_ids = ContainerJob.objects.filter(priority=-1)
 
+    def timed(limit: int, clock: Callable[[], float]) -> list[float]:
+        """``samples`` claims of ``limit`` jobs, each rolled back, timed with ``clock``."""
+        times = []
+        for _ in range(samples):
+            with transaction.atomic():
+                began = clock()
+                claimed = claim("bench", limit)
+                times.append(clock() - began)
+                assert len(claimed) == limit
+                transaction.set_rollback(True)
+        return times
+
     def phase(waiting: int) -> list[float]:
         status = JobStatus.QUEUED if waiting == big else JobStatus.COMPLETED
         filler_ids.update(status=status)
         with connection.cursor() as cursor:
             cursor.execute("VACUUM ANALYZE container_manager_containerjob")
-        times = []
-        for _ in range(samples):
-            with transaction.atomic():
-                began = time.perf_counter()
-                claimed = claim("bench", 8)
-                times.append(time.perf_counter() - began)
-                assert len(claimed) == 8
-                transaction.set_rollback(True)
-        return times
-
-    def cpu_of_one() -> list[float]:
-        """The claiming thread's CPU for a claim of one job, the worker's usual claim (a
-        job ended, its slot is free)."""
-        times = []
-        for _ in range(samples):
-            with transaction.atomic():
-                began = time.thread_time()
-                assert len(claim("bench", 1)) == 1
-                times.append(time.thread_time() - began)
-                transaction.set_rollback(True)
-        return times
+        return timed(8, time.perf_counter)
 
     small_times: list[float] = []
     large_times: list[float] = []
     for _ in range(rounds):
         small_times += phase(100)
         large_times += phase(big)
-    one = statistics.median(cpu_of_one())
+    # The claiming thread's CPU for a claim of one job: the worker's usual claim (a job
+    # ended, its slot is free).
+    one = statistics.median(timed(1, time.thread_time))
     reset()
     small, large = statistics.median(small_times), statistics.median(large_times)
     report(
