@@ -1,30 +1,35 @@
-"""Querysets compiled once: the claim's SELECTs, which run once per job.
+"""The statements a worker runs for every job, without Django's query building.
 
 Django builds and compiles a queryset in 1-2 ms of CPU on a small machine: several times
-what the database takes to run one of the claim's queries, and taken from the engine when
-the worker shares its machine. :func:`fetch` builds a queryset once per database connection
-and argument tuple, keeps its SQL, and runs that again with only ``now`` replaced. The rows
-become model instances the way Django's own iteration makes them (converters, ``from_db``,
-annotations), or tuples for a ``values_list()`` queryset.
+what the database takes to run one of the claim's queries or a job's status write, and taken
+from the engine when the worker shares its machine.
+
+- :func:`fetch` (the claim's SELECTs) builds a queryset once per database connection and
+  argument tuple, keeps its SQL, and runs that again with only ``now`` replaced. The rows
+  become model instances the way Django's own iteration makes them (converters,
+  ``from_db``, annotations), or tuples for a ``values_list()`` queryset.
+- :func:`update` (a job's transitions, its attempt's row) writes
+  ``filter(**where).update(**changes)`` as one plain UPDATE, each value prepared by its field
+  as the ORM prepares it.
 """
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 from weakref import WeakKeyDictionary
 
 from django.core.exceptions import EmptyResultSet
-from django.db import DEFAULT_DB_ALIAS, connections
+from django.db import DEFAULT_DB_ALIAS, connections, router, transaction
 from django.db.backends.base.base import BaseDatabaseWrapper
-from django.db.models import Model, QuerySet
+from django.db.models import Field, Model, QuerySet
 from django.db.models.query import ModelIterable, ValuesListIterable
 from django.db.models.sql.compiler import SQLCompiler
 
-__all__ = ["fetch"]
+__all__ = ["fetch", "update"]
 
 #: Stands for ``now`` while a queryset is compiled, to find where ``now`` goes in its
 #: parameters.
@@ -125,3 +130,59 @@ def fetch(
             statements.clear()
         statements[key] = statement
     return statement.run(now)
+
+
+def _column(model: type[Model], name: str) -> Field[Any, Any]:
+    field = model._meta.pk if name == "pk" else model._meta.get_field(name)
+    if not isinstance(field, Field) or not field.concrete:
+        raise TypeError(f"{model.__name__}.{name} is not a column")
+    return field
+
+
+def update(
+    model: type[Model], where: Mapping[str, Any], /, using: str | None = None, **changes: Any
+) -> int:
+    """``model.objects.filter(**where).update(**changes)``; the number of rows changed.
+
+    ``where`` maps a field's name (or attname, or ``pk``) to a value it must equal, or to a
+    tuple, list or set of values it must be one of. ``changes`` are plain values (a model
+    instance for a foreign key), prepared by their fields as the ORM prepares an update's;
+    expressions such as ``F()`` are refused. Like ``QuerySet.update()`` it sends no signal.
+    """
+    using = using or router.db_for_write(model)
+    connection = connections[using]
+    quote = connection.ops.quote_name
+    if not changes:
+        raise ValueError("update() needs at least one change")
+    assignments, params = [], []
+    for name, value in changes.items():
+        field = _column(model, name)
+        if hasattr(value, "resolve_expression"):
+            raise TypeError(f"update() takes plain values, not {value!r} for {name!r}")
+        if field.remote_field and isinstance(value, Model):
+            value = value.prepare_database_save(field)
+        assignments.append(f"{quote(field.column)} = %s")
+        params.append(field.get_db_prep_save(value, connection))
+    conditions = []
+    for name, wanted in where.items():
+        field = _column(model, name)
+        column = quote(field.column)
+        if isinstance(wanted, Model):
+            wanted = wanted.pk
+        if isinstance(wanted, Collection) and not isinstance(wanted, (str, bytes)):
+            values = sorted(wanted)
+            if not values:
+                return 0
+            conditions.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
+            params += [field.get_db_prep_value(v, connection, prepared=False) for v in values]
+        elif wanted is None:
+            conditions.append(f"{column} IS NULL")
+        else:
+            conditions.append(f"{column} = %s")
+            params.append(field.get_db_prep_value(wanted, connection, prepared=False))
+    sql = f"UPDATE {quote(model._meta.db_table)} SET {', '.join(assignments)}"
+    if conditions:
+        sql += f" WHERE {' AND '.join(conditions)}"
+    with transaction.mark_for_rollback_on_error(using), connection.cursor() as cursor:
+        cursor.execute(sql, params)
+        return int(cursor.rowcount)

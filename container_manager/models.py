@@ -21,6 +21,7 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
+from . import compiled
 from .conf import get_settings
 from .environment import merge_environments, parse_environment
 from .exceptions import InvalidJobError, JobStateError
@@ -383,10 +384,10 @@ class ContainerJob(models.Model):
     ) -> bool:
         """Write ``changes`` if the job is still in one of ``allowed_from`` (and held by
         ``held_by`` when given). Returns whether the write took; the instance is updated."""
-        query = ContainerJob.objects.filter(pk=self.pk, status__in=allowed_from)
+        where: dict[str, Any] = {"pk": self.pk, "status": allowed_from}
         if held_by is not None:
-            query = query.filter(worker_id=held_by)
-        took = query.update(**changes) == 1
+            where["worker_id"] = held_by
+        took = compiled.update(ContainerJob, where, **changes) == 1
         if took:
             for name, value in changes.items():
                 setattr(self, name, value)

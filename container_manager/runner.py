@@ -18,6 +18,7 @@ from typing import Any
 
 from django.utils import timezone
 
+from . import compiled
 from .conf import get_settings
 from .exceptions import (
     ContainerNotFoundError,
@@ -330,8 +331,8 @@ class JobRunner:
     def _write_attempt(self, **fields: Any) -> None:
         """Insert the attempt's row with ``fields`` the first time, update it after."""
         if self._attempt_written:
-            JobAttempt.objects.filter(job_id=self.job.pk, number=self.job.attempt_count).update(
-                **fields
+            compiled.update(
+                JobAttempt, {"job": self.job.pk, "number": self.job.attempt_count}, **fields
             )
             return
         record_attempt(self.job, started_at=self._attempt_began, **fields)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from django.db import transaction
+from django.db import IntegrityError, transaction
 from django.db.models import Count, F, QuerySet
 from django.utils import timezone
 
@@ -181,3 +181,79 @@ def test_a_connection_keeps_a_bounded_number_of_statements(host, monkeypatch):
         compiled.fetch(counting, pk)
     # 1 and 2 are kept; 3 finds the cache full and starts it afresh, so 1 is built again.
     assert built == [1, 2, 3, 1]
+
+
+# ---- update ---------------------------------------------------------------------------------
+
+
+def test_an_update_writes_what_the_orm_update_writes(host):
+    other = ExecutorHostFactory()
+    mine, twin = ContainerJobFactory(docker_host=host), ContainerJobFactory(docker_host=host)
+    when = timezone.now() - timedelta(minutes=3)
+    changes = {
+        "status": JobStatus.RUNNING,
+        "started_at": when,
+        "docker_host": other,
+        "required_labels": {"zone": "b", "n": 2},
+        "exit_code": None,
+        "oom_killed": True,
+        "priority": 7,
+        "last_error": 'it\'s "quoted"',
+    }
+    assert compiled.update(ContainerJob, {"pk": mine.pk}, **changes) == 1
+    ContainerJob.objects.filter(pk=twin.pk).update(**changes)
+    mine.refresh_from_db()
+    twin.refresh_from_db()
+    for field in ContainerJob._meta.concrete_fields:
+        if field.name not in ("id", "created_at", "name"):
+            assert getattr(mine, field.attname) == getattr(twin, field.attname), field.name
+    assert mine.docker_host_id == other.pk and mine.required_labels == {"zone": "b", "n": 2}
+    # Stored as the ORM stores it: its own lookups find the values again.
+    assert set(ContainerJob.objects.filter(started_at=when, priority=7)) == {mine, twin}
+
+
+def test_only_rows_meeting_every_condition_change(host):
+    queued = ContainerJobFactory(docker_host=host, status=JobStatus.QUEUED, worker_id="w1")
+    running = ContainerJobFactory(docker_host=host, status=JobStatus.RUNNING, worker_id="w1")
+    elsewhere = ContainerJobFactory(status=JobStatus.RUNNING, worker_id="w1")
+    active = frozenset({JobStatus.LAUNCHING, JobStatus.RUNNING})
+    where = {"docker_host": host, "status": active, "worker_id": "w1"}
+    assert compiled.update(ContainerJob, where, last_error="x") == 1
+    assert compiled.update(ContainerJob, {**where, "worker_id": "w2"}, last_error="y") == 0
+    errors = dict(ContainerJob.objects.values_list("pk", "last_error"))
+    assert errors == {queued.pk: "", running.pk: "x", elsewhere.pk: ""}
+
+
+def test_none_in_a_condition_means_is_null(host):
+    placed = ContainerJobFactory(docker_host=host)
+    open_job = ContainerJobFactory(docker_host=None)
+    assert compiled.update(ContainerJob, {"docker_host": None}, priority=3) == 1
+    assert ContainerJob.objects.get(pk=open_job.pk).priority == 3
+    assert ContainerJob.objects.get(pk=placed.pk).priority != 3
+
+
+def test_an_update_is_one_query_and_an_empty_membership_none(host, django_assert_num_queries):
+    job = ContainerJobFactory(docker_host=host)
+    with django_assert_num_queries(1):
+        assert compiled.update(ContainerJob, {"pk": job.pk}, priority=4) == 1
+    with django_assert_num_queries(0):
+        assert compiled.update(ContainerJob, {"pk": job.pk, "status": ()}, priority=5) == 0
+    assert ContainerJob.objects.get(pk=job.pk).priority == 4
+
+
+def test_expressions_and_empty_changes_are_refused(host):
+    job = ContainerJobFactory(docker_host=host)
+    with pytest.raises(TypeError, match="plain values"):
+        compiled.update(ContainerJob, {"pk": job.pk}, priority=F("priority") + 1)
+    with pytest.raises(ValueError, match="at least one change"):
+        compiled.update(ContainerJob, {"pk": job.pk})
+    with pytest.raises(TypeError, match="not a column"):
+        compiled.update(ContainerJob, {"attempts": 1}, priority=1)
+
+
+def test_a_failed_update_marks_the_transaction_for_rollback(host):
+    job = ContainerJobFactory(docker_host=host)
+    with transaction.atomic():
+        with pytest.raises(IntegrityError):
+            compiled.update(ContainerJob, {"pk": job.pk}, status=None)
+        assert transaction.get_connection().needs_rollback
