@@ -237,6 +237,9 @@ class ContainerJob(models.Model):
         ExecutorHost,
         on_delete=models.PROTECT,
         related_name="jobs",
+        # cm_job_host_status_idx leads with this column: a second index on it alone only
+        # costs every write, and tempts the planner into scanning a host's whole history.
+        db_index=False,
         null=True,
         blank=True,
         help_text="Leave empty to let the queue place the job on a fitting host",
@@ -471,7 +474,10 @@ class ContainerJob(models.Model):
 class JobAttempt(models.Model):
     """One launch attempt of a job: where, which container, and how it ended."""
 
-    job = models.ForeignKey(ContainerJob, on_delete=models.CASCADE, related_name="attempts")
+    # The (job, number) unique constraint's index serves lookups by job.
+    job = models.ForeignKey(
+        ContainerJob, on_delete=models.CASCADE, related_name="attempts", db_index=False
+    )
     number = models.PositiveIntegerField()
     host = models.ForeignKey(ExecutorHost, on_delete=models.PROTECT, related_name="attempts")
     worker_id = models.CharField(max_length=200, blank=True)
