@@ -126,7 +126,8 @@ class Worker:
         self._start_threads()
         self._beat()
         listener = Listener(self._wake.set)
-        if listener.enabled:
+        if listener.enabled and not self.burst:
+            # A burst worker runs what is due and exits: job ends and its polls wake it.
             listener.start()
         try:
             while not self._stopping.is_set():

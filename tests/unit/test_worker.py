@@ -424,3 +424,29 @@ def test_an_executor_bug_fails_that_job_removes_its_container_and_the_worker_goe
     assert buggy.last_error == "Internal error: RuntimeError('plugin bug')"
     assert (fine.status, fine.stdout_log) == (JobStatus.COMPLETED, "fine\n")
     assert engine.containers == {}, "the buggy job's container was removed too"
+
+
+@pytest.mark.parametrize(("burst", "listens"), [(False, True), (True, False)])
+def test_only_a_long_lived_worker_listens_for_new_jobs(fake_host, monkeypatch, burst, listens):
+    started = []
+
+    class Listener(threading.Thread):
+        enabled = True
+
+        def __init__(self, wake):
+            super().__init__(daemon=True)
+
+        def start(self):
+            started.append(True)
+
+        def stop(self):
+            pass
+
+    monkeypatch.setattr("container_manager.worker.Listener", Listener)
+    worker = Worker(concurrency=1, burst=burst, poll_interval=0.05)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    until(lambda: bool(started) or not thread.is_alive())
+    worker.stop()
+    thread.join(10)
+    assert started == ([True] if listens else [])
