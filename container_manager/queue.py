@@ -17,10 +17,10 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
-from django.db.models import Count, F, Q, QuerySet
+from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
-from .compiled import fetch
+from .compiled import fetch, update
 from .conf import get_settings
 from .environment import format_environment
 from .exceptions import ConfigurationError, InvalidJobError, JobStateError
@@ -322,11 +322,14 @@ def claim(worker_id: str, limit: int, *, hosts: Sequence[str] | None = None) -> 
 
 
 def _take(jobs: list[ContainerJob], changes: dict[str, Any]) -> None:
-    """Claim ``jobs`` (rows this transaction has locked) in one UPDATE; the instances are
-    brought up to date instead of being read again."""
-    ContainerJob.objects.filter(pk__in=[j.pk for j in jobs]).update(
-        attempt_count=F("attempt_count") + 1, **changes
-    )
+    """Claim ``jobs`` (rows this claim has just read under its locks, so their attempt
+    counts are current): one UPDATE per attempt count among them, usually one in all. The
+    instances are brought up to date instead of being read again."""
+    by_count: dict[int, list[Any]] = {}
+    for job in jobs:
+        by_count.setdefault(job.attempt_count, []).append(job.pk)
+    for count, pks in by_count.items():
+        update(ContainerJob, {"pk": pks}, attempt_count=count + 1, **changes)
     for job in jobs:
         job.attempt_count += 1
         for name, value in changes.items():

@@ -243,6 +243,21 @@ class TestClaim:
         assert claimed.job.docker_host == host
         assert claimed.job.attempt_count == 3
 
+    def test_a_batch_of_fresh_jobs_and_retries_each_take_their_next_attempt(self, host):
+        counts = [0, 2, 0, 1, 2]
+        jobs = [queued(host, attempt_count=n) for n in counts]
+
+        claimed = queue.claim("w", 10)
+
+        assert {c.job.pk: c.job.attempt_count for c in claimed} == {
+            j.pk: n + 1 for j, n in zip(jobs, counts, strict=True)
+        }
+        stored = dict(ContainerJob.objects.values_list("pk", "attempt_count"))
+        assert stored == {j.pk: n + 1 for j, n in zip(jobs, counts, strict=True)}
+        assert set(ContainerJob.objects.values_list("status", "worker_id")) == {
+            (JobStatus.LAUNCHING, "w")
+        }
+
     def test_lease_length_from_settings(self, host, settings):
         cm_settings(settings, LEASE_SECONDS=120)
         queued(host)
