@@ -16,7 +16,7 @@ from the engine when the worker shares its machine.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Collection, Hashable, Mapping
+from collections.abc import Callable, Collection, Hashable, Mapping, Set
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -170,7 +170,8 @@ def update(
         if isinstance(wanted, Model):
             wanted = wanted.pk
         if isinstance(wanted, Collection) and not isinstance(wanted, (str, bytes)):
-            values = sorted(wanted)
+            # A set's order would vary from run to run: sorted, the statement's text does not.
+            values = sorted(wanted) if isinstance(wanted, Set) else list(wanted)
             if not values:
                 return 0
             conditions.append(f"{column} IN ({', '.join(['%s'] * len(values))})")
