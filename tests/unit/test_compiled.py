@@ -1,5 +1,6 @@
 """compiled.fetch: querysets compiled once, run again with a fresh ``now``; the rows match
-what the ORM itself returns."""
+what the ORM itself returns. compiled.update: plain UPDATEs that write what the ORM's
+``update()`` writes."""
 
 from __future__ import annotations
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from datetime import timedelta
+from io import StringIO
 
 import pytest
 from django.core.exceptions import ValidationError
+from django.core.management import call_command
 from django.utils import timezone
 
 from container_manager.exceptions import InvalidJobError, JobStateError
@@ -513,3 +515,9 @@ def test_string_forms():
     assert str(template) == "shared"
     assert str(job) == "busybox:1.36 [queued]"
     assert str(attempt) == f"{job.pk} attempt 2 [launching]"
+
+
+def test_the_models_and_the_shipped_migrations_agree():
+    out = StringIO()
+    call_command("makemigrations", "container_manager", "--check", "--dry-run", stdout=out)
+    assert "No changes detected" in out.getvalue()
