@@ -322,9 +322,10 @@ def claim(worker_id: str, limit: int, *, hosts: Sequence[str] | None = None) -> 
 
 
 def _take(jobs: list[ContainerJob], changes: dict[str, Any]) -> None:
-    """Claim ``jobs`` (rows this claim has just read under its locks, so their attempt
-    counts are current): one UPDATE per attempt count among them, usually one in all. The
-    instances are brought up to date instead of being read again."""
+    """Claim ``jobs``, rows read in this claim's transaction, which holds their row locks
+    on PostgreSQL and the database's write lock on SQLite (``transaction_mode`` IMMEDIATE),
+    so their attempt counts are current: one UPDATE per attempt count among them, usually
+    one in all. The instances are brought up to date instead of being read again."""
     by_count: dict[int, list[Any]] = {}
     for job in jobs:
         by_count.setdefault(job.attempt_count, []).append(job.pk)
