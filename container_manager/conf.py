@@ -68,6 +68,9 @@ class Settings:
     REAP_OLDER_THAN: float = 3600.0
     #: Days ended jobs are kept before the reaper deletes their rows (None: forever).
     JOB_RETENTION_DAYS: int | None = None
+    #: Processes a job's container may run when the job sets no ``pids_limit`` (None: no
+    #: limit). Stops a fork bomb from taking the engine host down.
+    DEFAULT_PIDS_LIMIT: int | None = 4096
     #: Upper bounds checked at submission.
     MAX_MEMORY_MB: int = 1024 * 1024
     MAX_CPU_CORES: float = 1024.0
@@ -103,6 +106,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "METRICS_TOKEN": (str, type(None)),
     "REAP_INTERVAL": (int, float, type(None)),
     "JOB_RETENTION_DAYS": (int, type(None)),
+    "DEFAULT_PIDS_LIMIT": (int, type(None)),
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping
 
-from .exceptions import InvalidJobError
+from .exceptions import InvalidJobError, SecretUnavailableError
 
 __all__ = [
     "format_environment",
@@ -13,10 +13,15 @@ __all__ = [
     "masked_text",
     "merge_environments",
     "parse_environment",
+    "parse_secret_environment",
+    "resolve_reference",
     "unmask",
 ]
 
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_REFERENCE = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*|file:/[^\0\n]*")
+#: Bytes a ``file:`` secret may hold.
+MAX_SECRET_BYTES = 1024 * 1024
 _SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL|PASSWD", re.IGNORECASE)
 MASK = "********"
 HIDDEN = "(not KEY=VALUE text: hidden)"
@@ -106,3 +111,62 @@ def unmask(edited: str, stored: str) -> str:
     if lost:
         raise InvalidJobError(f"Give a real value for: {', '.join(lost)}.")
     return format_environment({k: old[k] if v == MASK else v for k, v in new.items()})
+
+
+def check_reference(reference: object) -> str:
+    """``reference`` when it is ``env:NAME`` or ``file:/absolute/path``, else InvalidJobError
+    (the message describes the form, never repeats the text given)."""
+    if not isinstance(reference, str) or not _REFERENCE.fullmatch(reference):
+        raise InvalidJobError(
+            "a secret reference is env:VARIABLE (the worker's environment) or file:/path"
+            " (a file on the worker), never the secret itself"
+        )
+    return reference
+
+
+def parse_secret_environment(value: object) -> dict[str, str]:
+    """``{"NAME": "env:VAR" | "file:/path"}`` checked: valid names, valid references."""
+    if value in (None, ""):
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidJobError("secret_environment must map variable names to references")
+    checked: dict[str, str] = {}
+    for name, reference in value.items():
+        if not isinstance(name, str) or not _NAME.match(name):
+            raise InvalidJobError(
+                "secret_environment names are variable names (letters, digits and _)"
+            )
+        try:
+            checked[name] = check_reference(reference)
+        except InvalidJobError as err:
+            raise InvalidJobError(f"secret_environment[{name}]: {err}") from None
+    return checked
+
+
+def resolve_reference(reference: str) -> str:
+    """The value ``reference`` points at, read now from this process's environment or a
+    file. SecretUnavailableError names the reference (never a value) when it cannot be read."""
+    import os
+
+    check_reference(reference)
+    kind, _, where = reference.partition(":")
+    if kind == "env":
+        value = os.environ.get(where)
+        if value is None:
+            raise SecretUnavailableError(
+                f"secret reference {reference}: the worker has no environment variable {where}"
+            )
+        return value
+    try:
+        with open(where, "rb") as handle:
+            data = handle.read(MAX_SECRET_BYTES + 1)
+    except OSError as err:
+        raise SecretUnavailableError(
+            f"secret reference {reference}: the worker cannot read it ({err.strerror})"
+        ) from None
+    if len(data) > MAX_SECRET_BYTES:
+        raise SecretUnavailableError(f"secret reference {reference}: larger than 1 MiB")
+    try:
+        return data.decode().removesuffix("\n")
+    except UnicodeDecodeError:
+        raise SecretUnavailableError(f"secret reference {reference}: not UTF-8 text") from None

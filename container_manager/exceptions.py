@@ -15,9 +15,11 @@ __all__ = [
     "DockerConnectionError",
     "ExecutorConnectionError",
     "ExecutorError",
+    "ImageAccessDeniedError",
     "ImageUnavailableError",
     "InvalidJobError",
     "JobStateError",
+    "SecretUnavailableError",
     "UnknownExecutorError",
 ]
 
@@ -38,6 +40,11 @@ class InvalidJobError(ContainerManagerError):
     """A job cannot be run as given (bad image reference, bad environment, ...)."""
 
 
+class SecretUnavailableError(InvalidJobError):
+    """A secret reference (``env:NAME``, ``file:/path``) cannot be resolved by the worker.
+    The message names the reference, never a value; retrying does not help."""
+
+
 class JobStateError(ContainerManagerError):
     """A status transition that the job's current status does not allow."""
 
@@ -56,6 +63,10 @@ class ContainerNotFoundError(ExecutorError):
 
 class ImageUnavailableError(ExecutorError):
     """The image is not on the host and could not be pulled."""
+
+
+class ImageAccessDeniedError(ExecutorError):
+    """The registry refused the credentials (or asked for some): retrying does not help."""
 
 
 # Names of the DockerService compatibility layer (seed 001).

@@ -26,11 +26,12 @@ def check_host(host: ExecutorHost) -> tuple[bool, str]:
         executor = get_executor(host)
         detail = executor.get_version()  # raises with the engine's (or the network's) words
         healthy = executor.health_check()
+        capacity = executor.capacity() if healthy else None
         if not healthy:
             detail = f"engine {detail} answers but fails the executor's health check"
     except ContainerManagerError as err:
-        healthy, detail = False, str(err) or type(err).__name__
-    host.record_health(healthy, "" if healthy else detail)
+        healthy, detail, capacity = False, str(err) or type(err).__name__, None
+    host.record_health(healthy, "" if healthy else detail, capacity)
     if not healthy:
         log.warning(
             "host=%s unhealthy failures=%d: %s", host.name, host.health_check_failures, detail

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 import shlex
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -23,9 +23,29 @@ from django.utils import timezone
 
 from . import compiled
 from .conf import get_settings
-from .environment import merge_environments, parse_environment
-from .exceptions import InvalidJobError, JobStateError
-from .executors.base import container_name
+from .environment import (
+    check_reference,
+    merge_environments,
+    parse_environment,
+    parse_secret_environment,
+    resolve_reference,
+)
+from .exceptions import ConfigurationError, InvalidJobError, JobStateError
+from .policy import refusals
+from .spec import (
+    MAX_GPUS,
+    MAX_PIDS_LIMIT,
+    MAX_SHM_SIZE_MB,
+    JobSpec,
+    RegistryAuth,
+    container_name,
+    image_registry,
+    is_image_reference,
+    parse_capabilities,
+    parse_entrypoint,
+    parse_mounts,
+    parse_user,
+)
 
 __all__ = [
     "ContainerJob",
@@ -33,16 +53,10 @@ __all__ = [
     "ExecutorHost",
     "JobAttempt",
     "JobStatus",
+    "RegistryCredential",
     "WorkerHeartbeat",
 ]
 
-# A pragmatic subset of the distribution reference grammar: [registry[:port]/]path[:tag][@digest]
-_IMAGE_REF = re.compile(
-    r"^(?:(?P<registry>[a-zA-Z0-9](?:[a-zA-Z0-9.-]*[a-zA-Z0-9])?(?::[0-9]+)?)/)?"
-    r"(?P<path>[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*)"
-    r"(?::(?P<tag>[\w][\w.-]{0,127}))?"
-    r"(?:@(?P<digest>sha256:[a-f0-9]{64}))?$"
-)
 _ENGINE_URL = re.compile(r"^(unix://(/[^\s]+)|tcp://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
 
 
@@ -76,7 +90,7 @@ def validate_image_reference(value: str) -> None:
     """Reject an empty or malformed image reference."""
     if not value or not value.strip():
         raise ValidationError("An image is required (for example 'busybox:latest').")
-    if len(value) > 500 or not _IMAGE_REF.match(value):
+    if not is_image_reference(value):
         raise ValidationError(
             f"{value!r} is not a valid image reference: expected"
             " [registry/]name[:tag][@sha256:digest] with a lower-case name."
@@ -119,6 +133,23 @@ def validate_labels(value: object) -> str:
     return ""
 
 
+_REGISTRY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?")
+
+
+def _reference_validator(value: str) -> None:
+    try:
+        check_reference(value)
+    except InvalidJobError as err:
+        raise ValidationError(f"{err}.") from None
+
+
+_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
+
+
+def _is_text_list(value: object) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
 def parse_labels(items: Sequence[str]) -> dict[str, str]:
     """``["gpu", "region=eu"]`` -> ``{"gpu": "true", "region": "eu"}``."""
     labels: dict[str, str] = {}
@@ -135,8 +166,8 @@ class ExecutorHost(models.Model):
     connection_string = models.CharField(
         "engine URL",
         max_length=500,
-        validators=[validate_engine_url],
-        help_text="unix:///var/run/docker.sock or tcp://host:2376",
+        blank=True,
+        help_text="unix:///var/run/docker.sock or tcp://host:2376 (checked by the host's executor)",
     )
     executor_type = models.CharField(
         max_length=50, default="docker", help_text="Alias of the executor in CONTAINER_MANAGER"
@@ -159,6 +190,27 @@ class ExecutorHost(models.Model):
     labels = models.JSONField(
         default=dict, blank=True, help_text='Placement labels, e.g. {"gpu": "true", "region": "eu"}'
     )
+    # ---- policy: what a job may ask for on this host (nothing beyond the defaults) ----
+    allowed_bind_prefixes = models.JSONField(
+        default=list, blank=True, help_text='Host paths jobs may bind-mount, e.g. ["/srv/data"]'
+    )
+    allowed_networks = models.JSONField(
+        default=list, blank=True, help_text='Networks jobs may name, e.g. ["backend"]'
+    )
+    default_network = models.CharField(
+        max_length=200, blank=True, help_text="Network of jobs that name none (empty: NETWORK_MODE)"
+    )
+    allow_root = models.BooleanField(default=False, help_text="Jobs may set user 0 (root)")
+    allow_privileged = models.BooleanField(default=False, help_text="Jobs may run privileged")
+    allowed_capabilities = models.JSONField(
+        default=list, blank=True, help_text='Capabilities jobs may add, e.g. ["NET_ADMIN"]'
+    )
+    gpus = models.PositiveIntegerField("GPUs", default=0, help_text="GPUs jobs may ask for")
+    # ---- capacity, read from the engine at each health check ----
+    cpu_capacity = models.FloatField("CPUs", null=True, blank=True, editable=False)
+    memory_capacity_mb = models.PositiveIntegerField(
+        "memory (MB)", null=True, blank=True, editable=False
+    )
     last_health_check = models.DateTimeField(null=True, blank=True)
     last_healthy_at = models.DateTimeField(null=True, blank=True)
     health_check_failures = models.PositiveIntegerField(default=0)
@@ -172,28 +224,68 @@ class ExecutorHost(models.Model):
         return f"{self.name} ({self.connection_string})"
 
     def clean(self) -> None:
-        aliases = set(get_settings().EXECUTORS)
+        from .executors import executor_class
+
         errors: dict[str, str] = {}
-        if self.executor_type not in aliases:
+        try:
+            executor = executor_class(self.executor_type)
+        except ConfigurationError:
+            aliases = set(get_settings().EXECUTORS)
             errors["executor_type"] = (
                 f"Unknown executor {self.executor_type!r}; registered: "
                 f"{', '.join(sorted(aliases))}."
             )
-        if self.tls_enabled and not self.connection_string.startswith("tcp://"):
-            errors["tls_enabled"] = "TLS applies to tcp:// engine URLs only."
-        if bool(self.tls_client_cert) != bool(self.tls_client_key):
-            errors["tls_client_key"] = "Give both the client certificate and its key, or neither."
+        else:
+            errors.update(executor.validate_host(self))
         if label_error := validate_labels(self.labels):
             errors["labels"] = label_error
+        errors.update(self._policy_errors())
         if errors:
             raise ValidationError(errors)
 
-    def record_health(self, healthy: bool, error: str = "") -> None:
-        """Record the outcome of a health check."""
+    def _policy_errors(self) -> dict[str, str]:
+        errors: dict[str, str] = {}
+        prefixes = self.allowed_bind_prefixes
+        if not _is_text_list(prefixes) or not all(
+            p.startswith("/") and ".." not in p.split("/") and "\0" not in p for p in prefixes
+        ):
+            errors["allowed_bind_prefixes"] = "A list of absolute host paths without '..'."
+        if not _is_text_list(self.allowed_networks) or not all(
+            _NETWORK.fullmatch(n) for n in self.allowed_networks
+        ):
+            errors["allowed_networks"] = "A list of network names."
+        if self.default_network and not _NETWORK.fullmatch(self.default_network):
+            errors["default_network"] = "Not a network name."
+        try:
+            parse_capabilities(self.allowed_capabilities)
+        except InvalidJobError as err:
+            errors["allowed_capabilities"] = f"{err}."
+        return errors
+
+    def allows_network(self, network: str) -> bool:
+        """Whether a job may name ``network`` on this host."""
+        return network in {"none", self.default_network, *(self.allowed_networks or [])}
+
+    def allows_bind(self, source: str) -> bool:
+        """Whether ``source`` lies under one of the allowed bind prefixes."""
+        path = source.rstrip("/") or "/"
+        for prefix in self.allowed_bind_prefixes or []:
+            base = prefix.rstrip("/") or "/"
+            if path == base or path.startswith(base if base == "/" else base + "/"):
+                return True
+        return False
+
+    def record_health(
+        self, healthy: bool, error: str = "", capacity: tuple[float, int] | None = None
+    ) -> None:
+        """Record the outcome of a health check (and the engine's CPUs and memory in MB)."""
         self.last_health_check = timezone.now()
         self.health_check_failures = 0 if healthy else self.health_check_failures + 1
         self.last_health_error = "" if healthy else error
         fields = ["last_health_check", "health_check_failures", "last_health_error"]
+        if capacity is not None:
+            self.cpu_capacity, self.memory_capacity_mb = capacity
+            fields += ["cpu_capacity", "memory_capacity_mb"]
         if healthy:
             self.last_healthy_at = self.last_health_check
             fields.append("last_healthy_at")
@@ -227,6 +319,38 @@ class EnvironmentVariableTemplate(models.Model):
 
     def __str__(self) -> str:
         return self.name
+
+
+class RegistryCredential(models.Model):
+    """How to log in to a private registry. The password is a reference (``env:VAR`` or
+    ``file:/path``) that the worker resolves at launch: the database never holds it."""
+
+    name = models.CharField(max_length=100, unique=True)
+    registry = models.CharField(
+        max_length=255, unique=True, help_text="Registry host[:port], e.g. registry.example.com"
+    )
+    username = models.CharField(max_length=255)
+    password_reference = models.CharField(
+        max_length=500,
+        validators=[_reference_validator],
+        help_text="env:VARIABLE or file:/path, read by the worker; never the password itself",
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering: ClassVar = ["name"]
+
+    def __str__(self) -> str:
+        return f"{self.name} ({self.username}@{self.registry})"
+
+    def clean(self) -> None:
+        if not _REGISTRY.fullmatch(self.registry or ""):
+            raise ValidationError({"registry": "A registry host[:port], such as ghcr.io."})
+
+    @classmethod
+    def for_image(cls, image: str) -> RegistryCredential | None:
+        """The credential of the registry ``image`` names, if one is registered."""
+        return cls.objects.filter(registry=image_registry(image)).first()
 
 
 class ContainerJob(models.Model):
@@ -276,6 +400,40 @@ class ContainerJob(models.Model):
         default=False, help_text="Also retry when the command exits non-zero"
     )
     run_after = models.DateTimeField(null=True, blank=True, help_text="Not before this time")
+
+    # ---- the container spec beyond image, command and limits ----
+    entrypoint = models.JSONField(
+        default=list, blank=True, help_text="Replaces the image's entrypoint: a list of strings"
+    )
+    user = models.CharField(max_length=21, blank=True, help_text="UID or UID:GID (numeric)")
+    mounts = models.JSONField(
+        default=list,
+        blank=True,
+        help_text='e.g. [{"type": "volume", "source": "data", "target": "/data"}]',
+    )
+    network = models.CharField(
+        max_length=200, blank=True, help_text="A network the host allows, or none"
+    )
+    secret_environment = models.JSONField(
+        default=dict,
+        blank=True,
+        help_text='NAME -> reference the worker resolves: {"TOKEN": "env:API_TOKEN"}',
+    )
+    registry_credential = models.ForeignKey(
+        RegistryCredential,
+        null=True,
+        blank=True,
+        on_delete=models.PROTECT,
+        related_name="jobs",
+        help_text="Empty: the credential registered for the image's registry, if any",
+    )
+    gpus = models.PositiveIntegerField("GPUs", null=True, blank=True)
+    shm_size_mb = models.PositiveIntegerField("/dev/shm size (MB)", null=True, blank=True)
+    pids_limit = models.PositiveIntegerField("process limit", null=True, blank=True)
+    read_only_rootfs = models.BooleanField("read-only root filesystem", default=False)
+    cap_add = models.JSONField("capabilities to add", default=list, blank=True)
+    cap_drop = models.JSONField("capabilities to drop", default=list, blank=True)
+    privileged = models.BooleanField(default=False)
 
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
     attempt_count = models.PositiveIntegerField(default=0)
@@ -377,8 +535,128 @@ class ContainerJob(models.Model):
             errors["docker_host"] = f"Host {host.name!r} is not active."
         if label_error := validate_labels(self.required_labels):
             errors["required_labels"] = label_error
+        errors.update(self._spec_errors())
+        if host is not None and not errors:
+            errors.update(self._refusals(host))
         if errors:
             raise ValidationError(errors)
+
+    def _refusals(self, host: ExecutorHost) -> dict[str, str]:
+        """What ``host`` (its policy, its executor) refuses of this job."""
+        try:
+            spec = self.spec(host=host)
+        except InvalidJobError:
+            return {}  # a malformed command or environment: its field's validator says so
+        return refusals(spec, host)
+
+    def _spec_errors(self) -> dict[str, str]:
+        """What is wrong with the container-spec fields, whatever the host."""
+        errors: dict[str, str] = {}
+        checks: dict[str, Callable[[], object]] = {
+            "entrypoint": lambda: parse_entrypoint(self.entrypoint),
+            "user": lambda: parse_user(self.user),
+            "mounts": lambda: parse_mounts(self.mounts),
+            "secret_environment": lambda: parse_secret_environment(self.secret_environment),
+            "cap_add": lambda: parse_capabilities(self.cap_add),
+            "cap_drop": lambda: parse_capabilities(self.cap_drop),
+        }
+        for name, check in checks.items():
+            try:
+                check()
+            except InvalidJobError as err:
+                errors[name] = f"{str(err)[:1].upper()}{str(err)[1:]}."
+        bounds = {"gpus": MAX_GPUS, "shm_size_mb": MAX_SHM_SIZE_MB, "pids_limit": MAX_PIDS_LIMIT}
+        for name, ceiling in bounds.items():
+            value = getattr(self, name)
+            if value is not None and not 1 <= value <= ceiling:
+                errors[name] = f"Must be between 1 and {ceiling}."
+        if self.network and not _NETWORK.fullmatch(self.network):
+            errors["network"] = "Not a network name."
+        credential = self.registry_credential if self.registry_credential_id else None
+        if credential is not None and credential.registry != image_registry(self.docker_image):
+            errors["registry_credential"] = (
+                f"The credential is for {credential.registry}, the image's registry is"
+                f" {image_registry(self.docker_image)}."
+            )
+        return errors
+
+    def spec(self, attempt: int | None = None, host: ExecutorHost | None = None) -> JobSpec:
+        """The spec of the job's attempt (default: its current attempt count, at least 1),
+        on ``host`` (default: its own), with secret references unresolved.
+
+        Raises :class:`InvalidJobError` when a field is malformed."""
+        if host is None and self.docker_host_id is not None:
+            host = self.docker_host
+        settings = get_settings()
+        credential = self.registry_credential if self.registry_credential_id else None
+        return JobSpec(
+            job_id=str(self.pk),
+            attempt=attempt if attempt is not None else max(self.attempt_count, 1),
+            image=self.docker_image,
+            argv=self.argv,
+            environment=self.environment,
+            working_directory=self.working_directory,
+            memory_limit_mb=self.memory_limit,
+            cpu_limit=self.cpu_limit,
+            auto_pull=host.auto_pull_images if host else True,
+            extra_labels=dict(settings.CONTAINER_LABELS),
+            network_mode=self.network
+            or (host.default_network if host else "")
+            or settings.NETWORK_MODE,
+            placement_constraints=[
+                f"{k}={v}"
+                for k, v in sorted((self.required_labels or {}).items())
+                if k != "executor"
+            ],
+            entrypoint=parse_entrypoint(self.entrypoint),
+            user=self.user,
+            mounts=tuple(parse_mounts(self.mounts)),
+            secret_references=parse_secret_environment(self.secret_environment),
+            registry_credential=credential.registry if credential else "",
+            gpus=self.gpus or None,
+            shm_size_mb=self.shm_size_mb,
+            pids_limit=self.pids_limit,
+            read_only_rootfs=self.read_only_rootfs,
+            cap_add=tuple(parse_capabilities(self.cap_add)),
+            cap_drop=tuple(parse_capabilities(self.cap_drop)),
+            privileged=self.privileged,
+        )
+
+    def request(self) -> JobSpec:
+        """What placement checks against a host's policy: the spec's asks, read from this
+        row alone (no template, credential or host rows)."""
+        return JobSpec(
+            job_id=str(self.pk),
+            attempt=1,
+            image=self.docker_image,
+            memory_limit_mb=self.memory_limit,
+            cpu_limit=self.cpu_limit,
+            network_mode=self.network or None,
+            entrypoint=list(self.entrypoint or []),
+            user=self.user,
+            mounts=tuple(parse_mounts(self.mounts)),
+            secret_references=dict(self.secret_environment or {}),
+            registry_credential="yes" if self.registry_credential_id else "",
+            gpus=self.gpus or None,
+            shm_size_mb=self.shm_size_mb,
+            pids_limit=self.pids_limit,
+            read_only_rootfs=self.read_only_rootfs,
+            cap_add=tuple(parse_capabilities(self.cap_add)),
+            cap_drop=tuple(parse_capabilities(self.cap_drop)),
+            privileged=self.privileged,
+        )
+
+    def resolved_spec(self, attempt: int | None = None) -> JobSpec:
+        """:meth:`spec` with its secret references and registry password resolved, as the
+        worker launches it. SecretUnavailableError names a reference that cannot be read."""
+        spec = self.spec(attempt)
+        credential = self.registry_credential if self.registry_credential_id else None
+        auth = None
+        if credential is not None:
+            password = resolve_reference(credential.password_reference)
+            auth = RegistryAuth(credential.registry, credential.username, password)
+        secrets = {n: resolve_reference(r) for n, r in spec.secret_references.items()}
+        return spec.with_secrets(secrets, auth)
 
     # ---- transitions -------------------------------------------------------------------
 
@@ -487,6 +765,8 @@ class JobAttempt(models.Model):
     exit_code = models.IntegerField(null=True, blank=True)
     oom_killed = models.BooleanField(default=False)
     error = models.TextField(blank=True)
+    #: The resolved spec the attempt ran with (secrets by name only, no credentials).
+    spec = models.JSONField(default=dict, blank=True)
     started_at = models.DateTimeField(default=timezone.now)
     finished_at = models.DateTimeField(null=True, blank=True)
 

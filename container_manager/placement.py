@@ -9,6 +9,7 @@ data; the queue does the reading and writing.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -45,6 +46,8 @@ class OpenJob:
 
     required: dict[str, str] = field(default_factory=dict)
     needs_limits: bool = False
+    #: Why a host (its ``host`` row) refuses the job by its policy: '' when it does not.
+    refused_by: Callable[[Any], str] | None = None
 
 
 def missing_labels(required: dict[str, str], labels: dict[str, str]) -> list[str]:
@@ -64,10 +67,13 @@ def choose_host(job: OpenJob, hosts: list[HostRoom]) -> tuple[HostRoom | None, s
         if not missing_labels(job.required, h.labels)
         and (h.supports_limits or not job.needs_limits)
     ]
+    refused = {h.name: job.refused_by(h.host) for h in fitting} if job.refused_by else {}
+    fitting = [h for h in fitting if not refused.get(h.name)]
     if not fitting:
+        policy = "".join(f"; {name} refuses it: {why}" for name, why in refused.items() if why)
         return None, (
             f"Waiting: no active, healthy host fits (labels required: {_label_text(job.required)}"
-            f"{'; needs resource limits' if job.needs_limits else ''})."
+            f"{'; needs resource limits' if job.needs_limits else ''}{policy})."
         )
     with_room = [h for h in fitting if h.free > 0]
     if not with_room:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 import shlex
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -32,11 +32,14 @@ from .models import (
     ExecutorHost,
     JobAttempt,
     JobStatus,
+    RegistryCredential,
     parse_labels,
 )
 from .notify import notify_new_job
 from .placement import HostRoom, OpenJob, choose_host
+from .policy import refusal_text, refusals
 from .signals import job_finished, job_queued, send
+from .spec import SPEC_FIELDS, parse_mounts
 
 __all__ = [
     "adopt_expired",
@@ -85,6 +88,19 @@ def submit(
     retry_on_failure: bool = False,
     run_after: datetime | None = None,
     working_directory: str = "",
+    entrypoint: Sequence[str] | None = None,
+    user: str = "",
+    mounts: Sequence[str | Mapping[str, Any]] | None = None,
+    network: str = "",
+    secret_environment: Mapping[str, str] | None = None,
+    registry_credential: RegistryCredential | str | None = None,
+    gpus: int | None = None,
+    shm_size_mb: int | None = None,
+    pids_limit: int | None = None,
+    read_only_rootfs: bool = False,
+    cap_add: Sequence[str] = (),
+    cap_drop: Sequence[str] = (),
+    privileged: bool = False,
 ) -> ContainerJob:
     """Validate and queue a job; returns the saved job. Bad input raises InvalidJobError.
 
@@ -93,6 +109,15 @@ def submit(
 
     ``command`` is a string split with shlex, or an argv list (no shell either way unless
     you write one, e.g. ``["sh", "-c", "..."]``).
+
+    The container spec: ``entrypoint`` (a list), ``user`` (``"UID[:GID]"``), ``mounts``
+    (``{"type": "volume", "source": "data", "target": "/data"}`` or
+    ``"volume:data:/data"``, ``"bind:/srv/in:/in:ro"``, ``"tmpfs:/scratch:64"``),
+    ``network``, ``secret_environment`` (``{"TOKEN": "env:API_TOKEN"}``: resolved by the
+    worker, never stored), ``registry_credential`` (a RegistryCredential or its name;
+    default: the one registered for the image's registry), ``gpus``, ``shm_size_mb``,
+    ``pids_limit``, ``read_only_rootfs``, ``cap_add``, ``cap_drop``, ``privileged``. What the
+    host's policy or executor does not allow is refused, naming the field.
     """
     if isinstance(template, str):
         template = EnvironmentVariableTemplate.objects.filter(
@@ -116,6 +141,19 @@ def submit(
         retry_on_failure=retry_on_failure,
         run_after=run_after,
         working_directory=working_directory,
+        entrypoint=list(entrypoint) if entrypoint is not None else [],
+        user=user,
+        mounts=_mount_dicts(mounts),
+        network=network,
+        secret_environment=dict(secret_environment or {}),
+        registry_credential=_credential(registry_credential, image),
+        gpus=gpus,
+        shm_size_mb=shm_size_mb,
+        pids_limit=pids_limit,
+        read_only_rootfs=read_only_rootfs,
+        cap_add=list(cap_add),
+        cap_drop=list(cap_drop),
+        privileged=privileged,
     )
     try:
         job.full_clean()
@@ -124,6 +162,28 @@ def submit(
     job.save()
     _queued(job)
     return job
+
+
+def _mount_dicts(mounts: Sequence[str | Mapping[str, Any]] | None) -> Any:
+    """Mounts in their stored (dict) form; left as given when malformed, for full_clean to
+    name the field."""
+    try:
+        return [m.as_dict() for m in parse_mounts(mounts)]
+    except InvalidJobError:
+        return list(mounts) if isinstance(mounts, list | tuple) else mounts
+
+
+def _credential(
+    credential: RegistryCredential | str | None, image: str
+) -> RegistryCredential | None:
+    if isinstance(credential, RegistryCredential):
+        return credential
+    if credential:
+        found = RegistryCredential.objects.filter(name=credential).first()
+        if found is None:
+            raise InvalidJobError(f"Invalid job: registry_credential: no credential {credential!r}")
+        return found
+    return RegistryCredential.for_image(image)
 
 
 def _queued(job: ContainerJob) -> None:
@@ -179,10 +239,24 @@ def _open_candidates(limit: int, now: datetime) -> list[_Candidate]:
     """Due jobs that name no host, best first."""
     return [
         _Candidate(
-            job, OpenJob(dict(job.required_labels or {}), bool(job.memory_limit or job.cpu_limit))
+            job,
+            OpenJob(
+                dict(job.required_labels or {}),
+                bool(job.memory_limit or job.cpu_limit),
+                _policy_check(job),
+            ),
         )
         for job in fetch(_due_open, limit, now=now)
     ]
+
+
+def _policy_check(job: ContainerJob) -> Callable[[ExecutorHost], str]:
+    """Why a host's policy refuses ``job`` ('' when it does not), for placement."""
+    try:
+        request = job.request()
+    except InvalidJobError as err:
+        return lambda host: f"its spec is malformed: {err}"
+    return lambda host: refusal_text(refusals(request, host))
 
 
 def _due(now: datetime) -> QuerySet[ContainerJob]:
@@ -425,9 +499,12 @@ def requeue_copy(job: ContainerJob | str) -> ContainerJob:
         priority=job.priority,
         max_retries=job.max_retries,
         retry_on_failure=job.retry_on_failure,
+        **{name: getattr(job, name) for name in SPEC_FIELDS},
     )
     _queued(copy)
     return copy
+
+
 
 
 def cancel(job: ContainerJob | str) -> bool:

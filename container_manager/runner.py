@@ -119,6 +119,8 @@ class JobRunner:
         #: outcome to record (running, or ended before a container started).
         self._attempt_written = adopted
         self._attempt_began = timezone.now()
+        #: What the attempt's row records of the spec it ran with (no secret values).
+        self._spec_record: dict[str, Any] = {}
 
     # ---- the whole life -------------------------------------------------------------
 
@@ -126,10 +128,11 @@ class JobRunner:
         if self.adopted:
             record_attempt(self.job, adopted=True)
         try:
-            spec = JobSpec.from_job(self.job)
+            spec = self.job.resolved_spec()
         except InvalidJobError as err:
             self._finish(JobStatus.FAILED, error=f"Invalid job: {err}", exit_code=None)
             return
+        self._spec_record = spec.describe()
         container_id = self._launch(spec)
         if container_id is None:
             return
@@ -335,7 +338,7 @@ class JobRunner:
                 JobAttempt, {"job": self.job.pk, "number": self.job.attempt_count}, **fields
             )
             return
-        record_attempt(self.job, started_at=self._attempt_began, **fields)
+        record_attempt(self.job, started_at=self._attempt_began, spec=self._spec_record, **fields)
         self._attempt_written = True
 
     def _requeue(self, error: str, **attempt_fields: Any) -> bool:

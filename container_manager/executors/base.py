@@ -6,14 +6,22 @@ from a job, hands it to an executor, and records what comes back.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from ..conf import get_settings
 from ..exceptions import ConfigurationError, ContainerManagerError
+from ..spec import (
+    LABEL_ATTEMPT,
+    LABEL_JOB,
+    LABEL_MANAGED,
+    SPEC_FIELDS,
+    JobSpec,
+    container_name,
+)
 
 if TYPE_CHECKING:
     from ..models import ContainerJob, ExecutorHost
@@ -22,6 +30,7 @@ __all__ = [
     "LABEL_ATTEMPT",
     "LABEL_JOB",
     "LABEL_MANAGED",
+    "SPEC_FIELDS",
     "BaseExecutor",
     "ContainerState",
     "JobSpec",
@@ -29,77 +38,15 @@ __all__ = [
     "container_name",
 ]
 
-LABEL_MANAGED = "container_manager.managed"
-LABEL_JOB = "container_manager.job"
-LABEL_ATTEMPT = "container_manager.attempt"
-
 Stream = Literal["stdout", "stderr"]
+_ENGINE_URL = re.compile(r"^(unix://(/[^\s]+)|tcp://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
 
 
-def container_name(job_id: object, attempt: int) -> str:
-    """The deterministic container name of a job attempt: a repeated create finds it."""
-    return f"cm-{job_id}-{attempt}"
-
-
-@dataclass(frozen=True)
-class JobSpec:
-    """Everything an engine needs to run one attempt of a job."""
-
-    job_id: str
-    attempt: int
-    image: str
-    argv: list[str] = field(default_factory=list)
-    environment: dict[str, str] = field(default_factory=dict)
-    working_directory: str = ""
-    memory_limit_mb: int | None = None
-    cpu_limit: float | None = None
-    auto_pull: bool = True
-    extra_labels: dict[str, str] = field(default_factory=dict)
-    #: Where the job may run, for executors that place work themselves (Swarm): name=value
-    #: labels a node must carry, or constraints in the engine's own syntax.
-    placement_constraints: list[str] = field(default_factory=list)
-    #: Network mode for the container, or None for the engine's default.
-    network_mode: str | None = None
-
-    @property
-    def name(self) -> str:
-        return container_name(self.job_id, self.attempt)
-
-    @property
-    def labels(self) -> dict[str, str]:
-        return {
-            **self.extra_labels,
-            LABEL_MANAGED: "true",
-            LABEL_JOB: self.job_id,
-            LABEL_ATTEMPT: str(self.attempt),
-        }
-
-    @classmethod
-    def from_job(cls, job: ContainerJob, attempt: int | None = None) -> JobSpec:
-        """Build the spec of ``job``'s attempt (default: its current attempt count, at least 1).
-
-        Raises :class:`InvalidJobError` when the command or environment is malformed.
-        """
-        host = job.docker_host if job.docker_host_id else None
-        settings = get_settings()
-        return cls(
-            job_id=str(job.pk),
-            attempt=attempt if attempt is not None else max(job.attempt_count, 1),
-            image=job.docker_image,
-            argv=job.argv,
-            environment=job.environment,
-            working_directory=job.working_directory,
-            memory_limit_mb=job.memory_limit,
-            cpu_limit=job.cpu_limit,
-            auto_pull=host.auto_pull_images if host else True,
-            extra_labels=dict(settings.CONTAINER_LABELS),
-            network_mode=settings.NETWORK_MODE,
-            placement_constraints=[
-                f"{k}={v}"
-                for k, v in sorted((job.required_labels or {}).items())
-                if k != "executor"
-            ],
-        )
+def _port_ok(url: str) -> bool:
+    if not url.startswith("tcp://"):
+        return True
+    port = url.rsplit(":", 1)[-1]
+    return port.isdigit() and 1 <= int(port) <= 65535
 
 
 @dataclass(frozen=True)
@@ -129,6 +76,30 @@ class BaseExecutor(ABC):
     supports_resource_limits: ClassVar[bool] = True
     #: Whether :meth:`get_resource_usage` returns real figures.
     supports_stats: ClassVar[bool] = True
+    #: The optional spec fields (:data:`~container_manager.spec.SPEC_FIELDS`) this executor
+    #: honours; a job asking for another is refused when it is validated.
+    supported_fields: ClassVar[frozenset[str]] = frozenset()
+
+    @classmethod
+    def validate_host(cls, host: ExecutorHost) -> dict[str, str]:
+        """Field -> problem of the host options this executor reads (engine URL, TLS)."""
+        errors: dict[str, str] = {}
+        url = host.connection_string or ""
+        if not url:
+            errors["connection_string"] = "An engine URL is required."
+        elif not _ENGINE_URL.fullmatch(url) or not _port_ok(url):
+            errors["connection_string"] = (
+                "Not an engine URL: use unix:///path/to/docker.sock or tcp://host:port."
+            )
+        if host.tls_enabled and not url.startswith("tcp://"):
+            errors["tls_enabled"] = "TLS applies to tcp:// engine URLs only."
+        if bool(host.tls_client_cert) != bool(host.tls_client_key):
+            errors["tls_client_key"] = "Give both the client certificate and its key, or neither."
+        return errors
+
+    def capacity(self) -> tuple[float, int] | None:
+        """The engine's CPUs and memory (MB), or None when it cannot tell."""
+        return None
 
     def __init__(self, config: Mapping[str, Any]) -> None:
         target = config.get("docker_host")

@@ -29,6 +29,7 @@ from ..exceptions import (
     ExecutorError,
     ImageUnavailableError,
 )
+from ..spec import SPEC_FIELDS, Mount
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
 
 if TYPE_CHECKING:
@@ -105,6 +106,34 @@ def _frames(chunks: Iterable[bytes]) -> Iterator[tuple[Stream, bytes]]:
         raise docker.errors.DockerException("log answer cut inside a frame")
 
 
+def _hardening(spec: JobSpec) -> dict[str, Any]:
+    """The secure defaults and their exceptions: no new privileges, an init process, a
+    process limit, Docker's default capabilities adjusted by the job, root filesystem."""
+    pids = spec.pids_limit or get_settings().DEFAULT_PIDS_LIMIT
+    kwargs: dict[str, Any] = {
+        "init": spec.init,
+        "security_opt": ["no-new-privileges:true"] if spec.no_new_privileges else [],
+        "privileged": spec.privileged,
+        "read_only": spec.read_only_rootfs,
+    }
+    if pids:
+        kwargs["pids_limit"] = pids
+    if spec.cap_add:
+        kwargs["cap_add"] = list(spec.cap_add)
+    if spec.cap_drop:
+        kwargs["cap_drop"] = list(spec.cap_drop)
+    return kwargs
+
+
+def _mount(mount: Mount) -> docker.types.Mount:
+    if mount.type == "tmpfs":
+        size = (mount.size_mb or 0) * 1024 * 1024
+        return docker.types.Mount(mount.target, None, type="tmpfs", tmpfs_size=size)
+    return docker.types.Mount(
+        mount.target, mount.source, type=mount.type, read_only=mount.read_only
+    )
+
+
 def _parse_time(value: str | None) -> datetime | None:
     if not value or value.startswith("0001-"):
         return None
@@ -122,6 +151,8 @@ class DockerExecutor(BaseExecutor):
 
     #: What a job runs as on the engine (the Engine API's word for it).
     runs_as: ClassVar[str] = "container"
+    #: A plain engine honours every field of the spec.
+    supported_fields: ClassVar[frozenset[str]] = frozenset(SPEC_FIELDS)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -270,18 +301,31 @@ class DockerExecutor(BaseExecutor):
             "command": spec.argv or None,
             "name": spec.name,
             "labels": spec.labels,
-            "environment": spec.environment,
+            "environment": spec.full_environment,
             "working_dir": spec.working_directory or None,
             "detach": True,
+            **_hardening(spec),
         }
+        if spec.entrypoint:
+            kwargs["entrypoint"] = spec.entrypoint
+        if spec.user:
+            kwargs["user"] = spec.user
         if spec.network_mode:
             kwargs["network_mode"] = spec.network_mode
+        if spec.mounts:
+            kwargs["mounts"] = [_mount(m) for m in spec.mounts]
         if spec.memory_limit_mb:
             kwargs["mem_limit"] = f"{spec.memory_limit_mb}m"
             kwargs["memswap_limit"] = f"{spec.memory_limit_mb}m"  # no swap: the limit is real
         if spec.cpu_limit:
             kwargs["cpu_period"] = _CPU_PERIOD
             kwargs["cpu_quota"] = int(spec.cpu_limit * _CPU_PERIOD)
+        if spec.shm_size_mb:
+            kwargs["shm_size"] = f"{spec.shm_size_mb}m"
+        if spec.gpus:
+            kwargs["device_requests"] = [
+                docker.types.DeviceRequest(count=spec.gpus, capabilities=[["gpu"]])
+            ]
         return kwargs
 
     def _create(self, spec: JobSpec) -> Container:
@@ -514,6 +558,15 @@ class DockerExecutor(BaseExecutor):
                 return bool(self.client.ping())
         except ContainerManagerError:
             return False
+
+    def capacity(self) -> tuple[float, int] | None:
+        """The engine's CPUs and memory (MB), from its info."""
+        with self._engine("Engine info"):
+            info = self.client.info()
+        cpus, memory = info.get("NCPU"), info.get("MemTotal")
+        if not cpus or not memory:
+            return None
+        return float(cpus), int(memory) // (1024 * 1024)
 
     def get_version(self) -> str:
         with self._engine("Engine version"):

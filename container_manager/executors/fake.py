@@ -27,7 +27,7 @@ from ..exceptions import (
     ExecutorError,
     ImageUnavailableError,
 )
-from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
+from .base import LABEL_MANAGED, SPEC_FIELDS, BaseExecutor, ContainerState, JobSpec, Stream
 
 __all__ = ["FakeContainer", "FakeEngine", "FakeExecutor", "FakeOutcome"]
 
@@ -126,6 +126,8 @@ class FakeExecutor(BaseExecutor):
     """An executor over a :class:`FakeEngine`; same interface and errors as DockerExecutor."""
 
     supports_stats = False
+    #: Every spec field: the fake records the spec it was given, for users' tests to read.
+    supported_fields = frozenset(SPEC_FIELDS)
     engines: ClassVar[dict[str, FakeEngine]] = {}
 
     def __init__(self, config: Any) -> None:
