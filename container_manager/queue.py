@@ -255,7 +255,8 @@ def _policy_check(job: ContainerJob) -> Callable[[ExecutorHost], str]:
     try:
         request = job.request()
     except InvalidJobError as err:
-        return lambda host: f"its spec is malformed: {err}"
+        problem = f"its spec is malformed: {err}"
+        return lambda host: problem
     return lambda host: refusal_text(refusals(request, host))
 
 
