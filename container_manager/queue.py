@@ -506,8 +506,6 @@ def requeue_copy(job: ContainerJob | str) -> ContainerJob:
     return copy
 
 
-
-
 def cancel(job: ContainerJob | str) -> bool:
     """Cancel a job (by instance or id). A waiting job never launches; a running one is
     stopped by the worker that holds it. Idempotent; False for a job that already ended
