@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Mapping
 
 from .exceptions import InvalidJobError, SecretUnavailableError
 
 __all__ = [
+    "check_reference",
     "format_environment",
     "mask_environment",
     "masked_text",
@@ -146,8 +148,6 @@ def parse_secret_environment(value: object) -> dict[str, str]:
 def resolve_reference(reference: str) -> str:
     """The value ``reference`` points at, read now from this process's environment or a
     file. SecretUnavailableError names the reference (never a value) when it cannot be read."""
-    import os
-
     check_reference(reference)
     kind, _, where = reference.partition(":")
     if kind == "env":

@@ -88,6 +88,9 @@ class FakeEngine:
         self.missing_images: set[str] = set()
         self.down = False
         self.calls: list[str] = []
+        #: Every spec a container was created from, in order (secrets resolved): for tests
+        #: that check what a job would have run with.
+        self.specs: list[JobSpec] = []
         self.lock = threading.RLock()
         self._ids = itertools.count(1)
 
@@ -188,6 +191,7 @@ class FakeExecutor(BaseExecutor):
         outcome = self.engine.outcome_for(spec)
         if outcome.fail_on == "create":
             raise ExecutorError(f"Failed to create container: {outcome.error}")
+        self.engine.specs.append(spec)
         container = FakeContainer(id=self.engine.new_id(), spec=spec, outcome=outcome)
         self.engine.containers[container.id] = container
         return container

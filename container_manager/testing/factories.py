@@ -6,9 +6,14 @@ from typing import Any, ClassVar
 
 import factory
 
-from ..models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost
+from ..models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, RegistryCredential
 
-__all__ = ["ContainerJobFactory", "EnvironmentVariableTemplateFactory", "ExecutorHostFactory"]
+__all__ = [
+    "ContainerJobFactory",
+    "EnvironmentVariableTemplateFactory",
+    "ExecutorHostFactory",
+    "RegistryCredentialFactory",
+]
 
 
 class ExecutorHostFactory(factory.django.DjangoModelFactory):
@@ -28,6 +33,18 @@ class EnvironmentVariableTemplateFactory(factory.django.DjangoModelFactory):
 
     name = factory.Sequence(lambda n: f"template-{n}")
     environment_variables = "APP_ENV=test"
+
+
+class RegistryCredentialFactory(factory.django.DjangoModelFactory):
+    """A registry login whose password the worker reads from ``$REGISTRY_PASSWORD``."""
+
+    class Meta:
+        model = RegistryCredential
+
+    name = factory.Sequence(lambda n: f"registry-{n}")
+    registry = factory.Sequence(lambda n: f"registry-{n}.example.com")
+    username = "robot"
+    password_reference = "env:REGISTRY_PASSWORD"
 
 
 class ContainerJobFactory(factory.django.DjangoModelFactory):

@@ -12,7 +12,7 @@ from container_manager.environment import (
     merge_environments,
     parse_environment,
 )
-from container_manager.exceptions import InvalidJobError
+from container_manager.exceptions import InvalidJobError, SecretUnavailableError
 
 
 class TestParse:
@@ -172,3 +172,61 @@ class TestFormat:
 
     def test_round_trip_keeps_trailing_whitespace(self):
         assert parse_environment(format_environment({"PAD": "x  "})) == {"PAD": "x  "}
+
+
+class TestSecretReferences:
+    """Secret references: checked at submission, resolved by the worker at launch; a message
+    names the reference, never a value."""
+
+    def test_forms(self):
+        from container_manager.environment import parse_secret_environment
+
+        assert parse_secret_environment({"TOKEN": "env:API_TOKEN", "KEY": "file:/run/k"}) == {
+            "TOKEN": "env:API_TOKEN",
+            "KEY": "file:/run/k",
+        }
+        assert parse_secret_environment(None) == {}
+
+    @pytest.mark.parametrize(
+        "value",
+        [
+            {"TOKEN": "hunter2"},
+            {"TOKEN": "env:"},
+            {"TOKEN": "env:1BAD"},
+            {"TOKEN": "file:relative"},
+            {"1BAD": "env:X"},
+            {"TOKEN": 5},
+            ["env:X"],
+        ],
+    )
+    def test_refusals_never_echo_the_value(self, value):
+        from container_manager.environment import parse_secret_environment
+
+        with pytest.raises(InvalidJobError) as caught:
+            parse_secret_environment(value)
+        assert "hunter2" not in str(caught.value)
+
+    def test_env_reference(self, monkeypatch):
+        from container_manager.environment import resolve_reference
+
+        monkeypatch.setenv("CM_TEST_SECRET", "v@lue with spaces")
+        assert resolve_reference("env:CM_TEST_SECRET") == "v@lue with spaces"
+        monkeypatch.delenv("CM_TEST_SECRET")
+        with pytest.raises(SecretUnavailableError, match="env:CM_TEST_SECRET"):
+            resolve_reference("env:CM_TEST_SECRET")
+
+    def test_file_reference(self, tmp_path):
+        from container_manager.environment import resolve_reference
+
+        secret = tmp_path / "secret"
+        secret.write_text("from-a-file\n")
+        assert resolve_reference(f"file:{secret}") == "from-a-file"
+        with pytest.raises(SecretUnavailableError, match="cannot read it") as caught:
+            resolve_reference(f"file:{tmp_path}/missing")
+        assert "from-a-file" not in str(caught.value)
+        (tmp_path / "big").write_bytes(b"x" * (1024 * 1024 + 1))
+        with pytest.raises(SecretUnavailableError, match="larger than 1 MiB"):
+            resolve_reference(f"file:{tmp_path}/big")
+        (tmp_path / "bin").write_bytes(b"\xff\xfe")
+        with pytest.raises(SecretUnavailableError, match="not UTF-8"):
+            resolve_reference(f"file:{tmp_path}/bin")
