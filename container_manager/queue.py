@@ -237,17 +237,14 @@ def _pinned_candidates(rooms: dict[int, HostRoom], limit: int, now: datetime) ->
 
 def _open_candidates(limit: int, now: datetime) -> list[_Candidate]:
     """Due jobs that name no host, best first."""
-    return [
-        _Candidate(
-            job,
-            OpenJob(
-                dict(job.required_labels or {}),
-                bool(job.memory_limit or job.cpu_limit),
-                _policy_check(job),
-            ),
-        )
-        for job in fetch(_due_open, limit, now=now)
-    ]
+    return [_open_candidate(job) for job in fetch(_due_open, limit, now=now)]
+
+
+def _open_candidate(job: ContainerJob) -> _Candidate:
+    placement = OpenJob(
+        dict(job.required_labels or {}), bool(job.memory_limit or job.cpu_limit), _policy_check(job)
+    )
+    return _Candidate(job, placement)
 
 
 def _policy_check(job: ContainerJob) -> Callable[[ExecutorHost], str]:
@@ -355,6 +352,46 @@ def _select(
     return pinned, placed, waiting
 
 
+#: Open jobs a claim reads past the first page when those before fit no host (so that a
+#: backlog of jobs no host can take never holds up the ones behind it).
+MAX_OPEN_SCAN = 512
+
+
+def _place_beyond(
+    page: list[_Candidate],
+    limit: int,
+    rooms: dict[int, HostRoom],
+    pinned: int,
+    picks: tuple[dict[int, tuple[list[ContainerJob], str]], dict[str, list[object]]],
+    now: datetime,
+) -> None:
+    """While the open jobs of a full page (of ``limit``) could not all be placed and there
+    is room, read the next page (up to MAX_OPEN_SCAN rows in all) and place from it into
+    ``picks`` (placed, waiting): waiting jobs never block those behind them, whatever their
+    priority."""
+    placed, waiting = picks
+    size, scanned = limit, len(page)
+    left = limit - pinned - sum(len(jobs) for jobs, _ in placed.values())
+    while left > 0 and len(page) == size and scanned < MAX_OPEN_SCAN:
+        if not any(room.free > 0 for room in rooms.values()):
+            return
+        page = _open_after(page[-1].job, size * 4, now)
+        size, scanned = size * 4, scanned + len(page)
+        _, more, more_waiting = _select(page, rooms, left)
+        for host_pk, (jobs, reason) in more.items():
+            placed.setdefault(host_pk, ([], reason))[0].extend(jobs)
+            left -= len(jobs)
+        for reason, pks in more_waiting.items():
+            waiting.setdefault(reason, []).extend(pks)
+
+
+def _open_after(job: ContainerJob, limit: int, now: datetime) -> list[_Candidate]:
+    """The open candidates after ``job`` in claim order (a keyset page)."""
+    after = Q(priority__lt=job.priority) | Q(priority=job.priority, created_at__gt=job.created_at)
+    jobs = _due(now).filter(docker_host__isnull=True).filter(after)[:limit]
+    return [_open_candidate(j) for j in jobs]
+
+
 def _supports_skip_locked() -> bool:
     return connection.features.has_select_for_update_skip_locked
 
@@ -379,8 +416,10 @@ def claim(worker_id: str, limit: int, *, hosts: Sequence[str] | None = None) -> 
     }
     with transaction.atomic():
         rooms = _rooms(hosts)
-        candidates = _pinned_candidates(rooms, limit, now) + _open_candidates(limit, now)
+        first_open = _open_candidates(limit, now)
+        candidates = _pinned_candidates(rooms, limit, now) + first_open
         pinned, placed, waiting = _select(candidates, rooms, limit)
+        _place_beyond(first_open, limit, rooms, len(pinned), (placed, waiting), now)
         if pinned:
             _take(pinned, claimed)
         for host_pk, (jobs, reason) in placed.items():

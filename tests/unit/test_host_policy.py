@@ -259,3 +259,19 @@ class TestPlacementHonoursThePolicy:
             stuck.placement_reason
         )
         assert all(ContainerJob.objects.get(pk=o.pk).status == JobStatus.COMPLETED for o in others)
+
+
+def test_ten_unplaceable_high_priority_jobs_do_not_hold_up_ten_ordinary_ones():
+    """A backlog of jobs that fit no host, larger than the worker's free slots and ahead of
+    everything by priority, never stops the jobs behind it from running at once."""
+    FakeExecutor.engine_for(FAKE_URL).script(FakeOutcome())
+    host("only", max_concurrent_jobs=4)
+    stuck = [submit(image="busybox", labels={"gpu": "true"}, priority=100) for _ in range(10)]
+    ordinary = [submit(image="busybox") for _ in range(10)]
+    Worker(concurrency=2, burst=True, shutdown_timeout=5).run()
+    assert {ContainerJob.objects.get(pk=j.pk).status for j in ordinary} == {JobStatus.COMPLETED}
+    waiting = ContainerJob.objects.filter(pk__in=[j.pk for j in stuck])
+    assert {j.status for j in waiting} == {JobStatus.QUEUED}
+    assert all(
+        j.placement_reason.startswith("Waiting: no active, healthy host fits") for j in waiting
+    )
