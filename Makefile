@@ -5,8 +5,8 @@
 #   make lint    ruff check, mypy
 #   make clean   remove caches, coverage data and the demo database (make distclean: also .venv)
 #
-# Under CI (the CI variable set) a missing Docker engine or PostgreSQL is a failure;
-# locally they are skipped with a warning.
+# Under CI (the CI variable set) a missing Docker engine, private registry or PostgreSQL is
+# a failure; locally they are skipped with a warning.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -18,6 +18,7 @@ PY          := $(VENV)/bin/python
 MANAGE      := $(PY) manage.py
 STAMP       := $(VENV)/.installed
 DOCKER_SOCK ?= /var/run/docker.sock
+REGISTRY_PORT ?= 5555
 ENGINE_URL  := unix://$(DOCKER_SOCK)
 PG_HOST     ?= 127.0.0.1
 PG_PORT     ?= 5432
@@ -29,10 +30,12 @@ DOCKER_FILES := container_manager/executors/docker.py,container_manager/docker_s
 
 # The test suite reads the engine URL from here.
 export CONTAINER_JOBS_TEST_ENGINE := $(ENGINE_URL)
+# ... and the private registry's port (tests/registry.py): 127.0.0.1:$(REGISTRY_PORT).
+export REGISTRY_PORT
 
 SAY := @printf '\n==> %s\n'
 
-.PHONY: help install engine demo test lint clean distclean
+.PHONY: help install engine registry demo test lint clean distclean
 
 help:
 	@sed -n '3,7p' Makefile | sed 's/^# *//'
@@ -67,6 +70,12 @@ engine: install
 	@echo "building $(TEST_IMAGE) (offline, from /bin/busybox) if missing"
 	@$(PY) -m container_manager.testing.images $(ENGINE_URL)
 
+# ---- registry: a private registry with htpasswd auth, for the private-image tests ----------
+
+registry:
+	$(SAY) "registry: Debian's docker-registry on 127.0.0.1:$(REGISTRY_PORT)"
+	@REGISTRY_PORT=$(REGISTRY_PORT) bash scripts/ensure-registry.sh
+
 # ---- demo: one real job, start to end ---------------------------------------------------
 
 demo: install engine
@@ -99,6 +108,10 @@ test: install
 	@if [ -n "$${CI:-}" ]; then $(MAKE) --no-print-directory engine; \
 	else $(MAKE) --no-print-directory engine \
 		|| echo "WARNING: no Docker engine; tests that need one are skipped (under CI they fail)"; fi
+	$(SAY) "test: private registry"
+	@if [ -n "$${CI:-}" ]; then $(MAKE) --no-print-directory registry; \
+	else $(MAKE) --no-print-directory registry \
+		|| echo "WARNING: no private registry; private-image tests are skipped (under CI they fail)"; fi
 	$(SAY) "test: browser (Debian's Chromium for the Playwright tests)"
 	@if [ -n "$${CI:-}" ]; then bash scripts/ensure-browser.sh; \
 	else bash scripts/ensure-browser.sh || echo "WARNING: no Chromium; browser tests are skipped (under CI they fail)"; fi

@@ -24,6 +24,7 @@ from .exceptions import (
     ContainerNotFoundError,
     ExecutorConnectionError,
     ExecutorError,
+    ImageAccessDeniedError,
     InvalidJobError,
 )
 from .executors.base import BaseExecutor, ContainerState, JobSpec, Stream
@@ -161,6 +162,9 @@ class JobRunner:
             except ExecutorConnectionError as err:
                 # The container may or may not exist: keep the attempt (its name finds it).
                 self._engine_unreachable(err)
+            except ImageAccessDeniedError as err:  # the same credentials fail again: no retry
+                self._finish(JobStatus.FAILED, error=f"Launch failed: {err}", exit_code=None)
+                return None
             except ExecutorError as err:
                 self._fail_or_retry(f"Launch failed: {err}")
                 return None

@@ -7,6 +7,7 @@ needs it, and is kept for the life of the executor (one pooled client per host p
 
 from __future__ import annotations
 
+import re
 import struct
 import threading
 from collections.abc import Iterable, Iterator
@@ -27,9 +28,10 @@ from ..exceptions import (
     ContainerNotFoundError,
     ExecutorConnectionError,
     ExecutorError,
+    ImageAccessDeniedError,
     ImageUnavailableError,
 )
-from ..spec import SPEC_FIELDS, Mount
+from ..spec import SPEC_FIELDS, Mount, RegistryAuth, image_registry
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
 
 if TYPE_CHECKING:
@@ -343,7 +345,7 @@ class DockerExecutor(BaseExecutor):
             if existing is None:
                 raise
             return existing
-        self.pull_image(spec.image)
+        self.pull_image(spec.image, spec.registry_auth)
         with self._engine(f"Create container for image {spec.image!r}"):
             return self.client.containers.create(**kwargs)
 
@@ -371,19 +373,72 @@ class DockerExecutor(BaseExecutor):
                 raise
         return container.id
 
-    def pull_image(self, image: str) -> bool:
-        """Pull ``image``; True, or ImageUnavailableError with the registry's answer."""
+    def pull_image(self, image: str, auth: RegistryAuth | None = None) -> bool:
+        """Pull ``image``, with ``auth``'s credentials when given; True, or
+        ImageUnavailableError with the registry's answer: ImageAccessDeniedError when the
+        registry refuses the credentials (or asks for some)."""
         repository, tag = parse_repository_tag(image)
+        kwargs = {"auth_config": auth.as_auth_config()} if auth else {}
         try:
             with self._engine(f"Pull image {image!r}"):
-                self.client.images.pull(repository, tag=tag or "latest")
+                self.client.images.pull(repository, tag=tag or "latest", **kwargs)
         except ExecutorConnectionError:
             raise
         except ExecutorError as err:
+            refusal = self._refusal(err.__cause__)
+            if refusal is not None:
+                raise ImageAccessDeniedError(self._denied(image, auth, refusal)) from err
             raise ImageUnavailableError(
-                f"Image {image!r} is not on the host and could not be pulled: {err}"
+                self._redact(
+                    f"Image {image!r} is not on the host and could not be pulled: {err}", auth
+                )
             ) from err
         return True
+
+    # What this engine (docker 20.10, API 1.41) answers a pull from a registry with htpasswd
+    # auth (distribution 2.8), seen for real: a wrong password (or user) is a 500 with
+    # "unauthorized: authentication required"; no credential a 500 with 'Head
+    # "http://127.0.0.1:5555/v2/cm-test/busybox/manifests/TAG": no basic auth credentials'.
+    # An unreachable registry is a 500 as well ('Get "http://127.0.0.1:5556/v2/": dial tcp
+    # 127.0.0.1:5556: connect: connection refused'), a missing tag or repository a 404
+    # (NotFound). So the status code decides where it can (a 401 or 403 is a refusal; a 404
+    # never is); a 500 is a refusal only when it carries the registry's error code
+    # (``unauthorized:``, ``denied:``: the distribution spec's codes as the engine prints
+    # them) or the engine's own "no basic auth credentials".
+    _REFUSED_STATUS: ClassVar[frozenset[int]] = frozenset({401, 403})
+    _REFUSAL: ClassVar[re.Pattern[str]] = re.compile(
+        r"\b(?:unauthorized|denied): |no basic auth credentials"
+    )
+
+    @classmethod
+    def _refusal(cls, err: BaseException | None) -> str | None:
+        """The registry's words when the SDK error ``err`` is a refusal of access, else None."""
+        status = getattr(err, "status_code", None)
+        if err is None or status is None:
+            return None
+        message = _engine_message(err)
+        if status in cls._REFUSED_STATUS or (status == 500 and cls._REFUSAL.search(message)):
+            return message
+        return None
+
+    @staticmethod
+    def _redact(text: str, auth: RegistryAuth | None) -> str:
+        """``text`` without the password, should an engine or registry ever echo it."""
+        return text.replace(auth.password, "***") if auth and auth.password else text
+
+    @classmethod
+    def _denied(cls, image: str, auth: RegistryAuth | None, refusal: str) -> str:
+        registry = image_registry(image)
+        if auth is None:
+            return (
+                f"Image {image!r} could not be pulled: no registry credential is registered"
+                f" for {registry} (the registry answered: {refusal})"
+            )
+        return cls._redact(
+            f"Image {image!r} could not be pulled: the registry {registry} refused the"
+            f" credentials of user {auth.username!r}: {refusal}",
+            auth,
+        )
 
     # ---- watching and harvesting ------------------------------------------------------
 
