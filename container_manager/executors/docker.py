@@ -128,9 +128,12 @@ def _hardening(spec: JobSpec) -> dict[str, Any]:
 
 
 def _mount(mount: Mount) -> docker.types.Mount:
+    """The engine's mount. A tmpfs keeps its ``read_only`` too: the engine honours it."""
     if mount.type == "tmpfs":
         size = (mount.size_mb or 0) * 1024 * 1024
-        return docker.types.Mount(mount.target, None, type="tmpfs", tmpfs_size=size)
+        return docker.types.Mount(
+            mount.target, None, type="tmpfs", read_only=mount.read_only, tmpfs_size=size
+        )
     return docker.types.Mount(
         mount.target, mount.source, type=mount.type, read_only=mount.read_only
     )
