@@ -7,6 +7,7 @@ import re
 from collections.abc import Mapping
 
 from .exceptions import InvalidJobError, SecretUnavailableError
+from .spec import MAX_SECRETS
 
 __all__ = [
     "check_reference",
@@ -44,7 +45,7 @@ def parse_environment(text: str | None) -> dict[str, str]:
         name, sep, value = line.partition("=")
         name = name.strip()
         if not sep:
-            raise InvalidJobError(f"environment line {number} ({line!r}) is not KEY=VALUE")
+            raise InvalidJobError(f"environment line {number} is not KEY=VALUE")
         if not _NAME.match(name):
             raise InvalidJobError(
                 f"environment line {number}: {name!r} is not a valid variable name "
@@ -132,6 +133,8 @@ def parse_secret_environment(value: object) -> dict[str, str]:
         return {}
     if not isinstance(value, Mapping):
         raise InvalidJobError("secret_environment must map variable names to references")
+    if len(value) > MAX_SECRETS:
+        raise InvalidJobError(f"secret_environment holds at most {MAX_SECRETS} names")
     checked: dict[str, str] = {}
     for name, reference in value.items():
         if not isinstance(name, str) or not _NAME.match(name):

@@ -33,7 +33,11 @@ from .environment import (
 from .exceptions import ConfigurationError, InvalidJobError, JobStateError
 from .policy import refusals
 from .spec import (
+    MAX_COMMAND_CHARS,
+    MAX_ENVIRONMENT_CHARS,
     MAX_GPUS,
+    MAX_LABEL_VALUE_CHARS,
+    MAX_LABELS,
     MAX_PIDS_LIMIT,
     MAX_SHM_SIZE_MB,
     JobSpec,
@@ -106,7 +110,9 @@ def validate_engine_url(value: str) -> None:
 
 
 def validate_environment_text(value: str) -> None:
-    """Reject environment text that is not KEY=VALUE lines."""
+    """Reject environment text that is not KEY=VALUE lines (or is over the size cap)."""
+    if len(value or "") > MAX_ENVIRONMENT_CHARS:
+        raise ValidationError(f"At most {MAX_ENVIRONMENT_CHARS} characters.")
     try:
         parse_environment(value)
     except InvalidJobError as err:
@@ -114,7 +120,12 @@ def validate_environment_text(value: str) -> None:
 
 
 def validate_command(value: str) -> None:
-    """Reject a command that shlex cannot split (unbalanced quotes)."""
+    """Reject a command that shlex cannot split (unbalanced quotes), or over the size cap."""
+    if len(value or "") > MAX_COMMAND_CHARS:
+        raise ValidationError(
+            f"At most {MAX_COMMAND_CHARS} characters: pass long input in a mount or the"
+            " environment."
+        )
     try:
         shlex.split(value or "")
     except ValueError as err:
@@ -125,13 +136,58 @@ def validate_labels(value: object) -> str:
     """'' when ``value`` is a dict of simple string labels, else what is wrong."""
     if not isinstance(value, dict):
         return "Labels must be a mapping of name to value."
+    if len(value) > MAX_LABELS:
+        return f"At most {MAX_LABELS} labels."
     for name, label in value.items():
-        if not isinstance(name, str) or not re.match(r"^[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}$", name):
-            return f"{name!r} is not a valid label name (letters, digits, '.', '-', '_')."
+        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
+            return "A label name is letters, digits, '.', '-', '_' (at most 63)."
         if not isinstance(label, str | int | float | bool):
             return f"Label {name!r} must have a plain value, not {type(label).__name__}."
+        if len(str(label)) > MAX_LABEL_VALUE_CHARS or "\0" in str(label):
+            return f"Label {name!r}: a value is at most {MAX_LABEL_VALUE_CHARS} characters, no NUL."
     return ""
 
+
+_LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
+#: Where a job's working directory may not be: the kernel's views (CVE-2024-21626).
+_FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev")
+
+
+def working_directory_error(path: str) -> str:
+    """What is wrong with a working directory ('' when nothing is)."""
+    if not path:
+        return ""
+    parts = path.split("/")
+    if not path.startswith("/") or ".." in parts:
+        return "The working directory must be an absolute path without '..'."
+    if any(path == d or path.startswith(d + "/") for d in _FORBIDDEN_WORKDIRS):
+        return "The working directory cannot be under /proc, /sys or /dev."
+    return ""
+
+
+def nul_errors(instance: models.Model) -> dict[str, str]:
+    """Fields of ``instance`` whose text (or JSON strings) holds a NUL byte, which
+    PostgreSQL cannot store and engines misread."""
+    return {
+        f.name: "Contains a NUL byte."
+        for f in instance._meta.concrete_fields
+        if isinstance(f, models.CharField | models.TextField | models.JSONField)
+        and _has_nul(getattr(instance, f.attname))
+    }
+
+
+def _has_nul(value: object) -> bool:
+    if isinstance(value, str):
+        return "\0" in value
+    if isinstance(value, dict):
+        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
+    if isinstance(value, list | tuple):
+        return any(_has_nul(v) for v in value)
+    return False
+
+
+#: The range of a job's priority (Django's Tasks framework uses the same).
+PRIORITY_MIN, PRIORITY_MAX = -100, 100
 
 _REGISTRY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?")
 
@@ -240,6 +296,7 @@ class ExecutorHost(models.Model):
         if label_error := validate_labels(self.labels):
             errors["labels"] = label_error
         errors.update(self._policy_errors())
+        errors.update(nul_errors(self))
         if errors:
             raise ValidationError(errors)
 
@@ -320,6 +377,10 @@ class EnvironmentVariableTemplate(models.Model):
     def __str__(self) -> str:
         return self.name
 
+    def clean(self) -> None:
+        if errors := nul_errors(self):
+            raise ValidationError(errors)
+
 
 class RegistryCredential(models.Model):
     """How to log in to a private registry. The password is a reference (``env:VAR`` or
@@ -344,8 +405,11 @@ class RegistryCredential(models.Model):
         return f"{self.name} ({self.username}@{self.registry})"
 
     def clean(self) -> None:
+        errors = nul_errors(self)
         if not _REGISTRY.fullmatch(self.registry or ""):
-            raise ValidationError({"registry": "A registry host[:port], such as ghcr.io."})
+            errors["registry"] = "A registry host[:port], such as ghcr.io."
+        if errors:
+            raise ValidationError(errors)
 
     @classmethod
     def for_image(cls, image: str) -> RegistryCredential | None:
@@ -394,7 +458,11 @@ class ContainerJob(models.Model):
     memory_limit = models.PositiveIntegerField("memory limit (MB)", null=True, blank=True)
     cpu_limit = models.FloatField("CPU limit (cores)", null=True, blank=True)
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
-    priority = models.IntegerField(default=0, help_text="Higher runs first")
+    priority = models.IntegerField(
+        default=0,
+        validators=[MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)],
+        help_text=f"Higher runs first: {PRIORITY_MIN} to {PRIORITY_MAX}",
+    )
     max_retries = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(100)])
     retry_on_failure = models.BooleanField(
         default=False, help_text="Also retry when the command exits non-zero"
@@ -488,6 +556,8 @@ class ContainerJob(models.Model):
     @property
     def argv(self) -> list[str]:
         """The command split into arguments (empty: the image's default command)."""
+        if len(self.command or "") > MAX_COMMAND_CHARS:
+            raise InvalidJobError(f"The command is longer than {MAX_COMMAND_CHARS} characters")
         try:
             return shlex.split(self.command or "")
         except ValueError as err:
@@ -528,14 +598,15 @@ class ContainerJob(models.Model):
             errors["timeout_seconds"] = (
                 f"Timeout must be between 1 and {limits.MAX_TIMEOUT_SECONDS} seconds."
             )
-        if self.working_directory and not self.working_directory.startswith("/"):
-            errors["working_directory"] = "The working directory must be an absolute path."
+        if problem := working_directory_error(self.working_directory):
+            errors["working_directory"] = problem
         host = self.docker_host if self.docker_host_id is not None else None
         if host is not None and not host.is_active:
             errors["docker_host"] = f"Host {host.name!r} is not active."
         if label_error := validate_labels(self.required_labels):
             errors["required_labels"] = label_error
         errors.update(self._spec_errors())
+        errors.update(nul_errors(self))
         if host is not None and not errors:
             errors.update(self._refusals(host))
         if errors:

@@ -44,6 +44,14 @@ MAX_PIDS_LIMIT = 1_000_000
 MAX_TMPFS_MB = 64 * 1024
 MAX_GPUS = 64
 MAX_MOUNTS = 64
+#: Size caps, checked before any parsing (splitting 32 KiB with shlex takes ~40 ms; put long
+#: input in a mount or the environment).
+MAX_COMMAND_CHARS = 32 * 1024
+MAX_ENTRYPOINT_CHARS = 32 * 1024
+MAX_ENVIRONMENT_CHARS = 256 * 1024
+MAX_LABELS = 64
+MAX_LABEL_VALUE_CHARS = 255
+MAX_SECRETS = 256
 
 # A pragmatic subset of the distribution reference grammar: [registry[:port]/]path[:tag][@digest]
 _IMAGE_REF = re.compile(
@@ -187,6 +195,8 @@ def parse_entrypoint(value: object) -> list[str]:
         return []
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise InvalidJobError("the entrypoint must be a list of strings")
+    if sum(len(v) + 1 for v in value) > MAX_ENTRYPOINT_CHARS:
+        raise InvalidJobError(f"the entrypoint is longer than {MAX_ENTRYPOINT_CHARS} characters")
     if any(not v or "\0" in v for v in value):
         raise InvalidJobError("entrypoint parts must be non-empty and contain no NUL")
     return list(value)
