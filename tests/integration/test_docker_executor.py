@@ -175,15 +175,37 @@ def test_a_memory_limit_really_kills(executor, test_image, remove_later):
 
 
 def test_a_timeout_really_stops_the_container(executor, test_image, remove_later):
-    container_id = remove_later(executor.run(_spec(test_image, "sleep", "30")))
+    spec = _spec(test_image, "sh", "-c", "trap '' TERM; sleep 30")
+    container_id = remove_later(executor.run(spec))
 
     assert executor.wait(container_id, timeout=0.5) is None
     assert executor.check_status(container_id) == "running"
     assert executor.stop_container(container_id, grace=1) is True
     state = executor.inspect(container_id)
     assert state.status == "exited"
-    assert state.exit_code == 137  # sleep as PID 1 ignores SIGTERM: killed after the grace
+    assert state.exit_code == 137  # the job ignores SIGTERM: killed after the grace
     assert executor.wait(container_id, timeout=5) == 137
+
+
+def test_sigterm_reaches_the_job_through_the_init_process(executor, test_image, remove_later):
+    """Without an init process, ``sleep`` as PID 1 would ignore SIGTERM (137 after the
+    grace); with it, the signal reaches the job, which ends at once (143)."""
+    container_id = remove_later(executor.run(_spec(test_image, "sleep", "30")))
+    assert executor.wait(container_id, timeout=0.5) is None
+    executor.stop_container(container_id, grace=10)
+    state = executor.inspect(container_id)
+    assert state.exit_code == 143
+    assert state.finished_at and state.started_at
+    assert (state.finished_at - state.started_at).total_seconds() < 5
+
+
+def test_a_missing_program_exits_127_with_the_init_processs_word(
+    executor, test_image, remove_later
+):
+    container_id = remove_later(executor.run(_spec(test_image, "/no/such/program")))
+    assert executor.wait(container_id, timeout=30) == 127
+    stderr = b"".join(executor.iter_output(container_id, "stderr")).decode()
+    assert "exec /no/such/program failed" in stderr
 
 
 def test_run_twice_with_the_same_spec_returns_the_same_container(

@@ -10,7 +10,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import docker
@@ -166,7 +166,8 @@ def test_run_twice_with_the_same_spec_returns_the_same_container(engine):
 
 
 def test_wait_times_out_then_stop_ends_the_container(engine):
-    spec = engine.spec(["sleep", "30"], FakeOutcome(duration=30))
+    # The job ignores SIGTERM (the init process passes it on): killed after the grace.
+    spec = engine.spec(["sh", "-c", "trap '' TERM; sleep 30"], FakeOutcome(duration=30))
     container_id = engine.run(spec)
 
     assert engine.executor.wait(container_id, timeout=0.3) is None
@@ -180,12 +181,17 @@ def test_wait_times_out_then_stop_ends_the_container(engine):
 
 
 def test_a_failed_start_raises_and_leaves_no_container(engine):
-    spec = engine.spec(
-        ["/no/such/program"],
-        FakeOutcome(fail_on="start", error='exec: "/no/such/program": no such file or directory'),
+    # The working directory is a file: the runtime cannot enter it when the container starts.
+    # (A missing program is no start failure: the init process runs, and exits 127.)
+    spec = replace(
+        engine.spec(
+            ["true"],
+            FakeOutcome(fail_on="start", error="chdir to cwd (/bin/busybox): not a directory"),
+        ),
+        working_directory="/bin/busybox",
     )
 
-    with pytest.raises(ExecutorError, match="/no/such/program"):
+    with pytest.raises(ExecutorError, match="not a directory"):
         engine.executor.run(spec)
     assert engine.executor.find_container(spec.name) is None
 

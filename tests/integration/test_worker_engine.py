@@ -91,7 +91,7 @@ def test_timeout_really_stops_the_container(engine_host, test_image, docker_clie
 
 
 def test_timeout_kills_a_container_that_ignores_sigterm(engine_host, test_image):
-    job = run(engine_host, test_image, "sleep 60", timeout_seconds=1)
+    job = run(engine_host, test_image, ["sh", "-c", "trap '' TERM; sleep 60"], timeout_seconds=1)
     burst()
     job = fresh(job)
     assert (job.status, job.exit_code) == (JobStatus.TIMEOUT, 137)
