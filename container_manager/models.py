@@ -720,7 +720,11 @@ class ContainerJob(models.Model):
     def resolved_spec(self, attempt: int | None = None) -> JobSpec:
         """:meth:`spec` with its secret references and registry password resolved, as the
         worker launches it. SecretUnavailableError names a reference that cannot be read."""
-        spec = self.spec(attempt)
+        return self.resolve(self.spec(attempt))
+
+    def resolve(self, spec: JobSpec) -> JobSpec:
+        """``spec`` (this job's) with its secrets and registry password read now, in this
+        process (the worker's): from its environment or files."""
         credential = self.registry_credential if self.registry_credential_id else None
         auth = None
         if credential is not None:

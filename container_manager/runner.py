@@ -129,11 +129,12 @@ class JobRunner:
         if self.adopted:
             record_attempt(self.job, adopted=True)
         try:
-            spec = self.job.resolved_spec()
+            spec = self.job.spec()
+            self._spec_record = spec.describe()
+            spec = self.job.resolve(spec)
         except InvalidJobError as err:
             self._finish(JobStatus.FAILED, error=f"Invalid job: {err}", exit_code=None)
             return
-        self._spec_record = spec.describe()
         container_id = self._launch(spec)
         if container_id is None:
             return

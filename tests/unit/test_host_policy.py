@@ -234,6 +234,8 @@ class TestAtLaunch:
             " the worker has no environment variable CM_POLICY_TEST_UNSET"
         )
         assert engine.specs == [], "nothing was launched"
+        attempt = JobAttempt.objects.get(job=job)
+        assert attempt.spec["secret_environment"] == ["TOKEN"], "what it would have run with"
 
 
 class TestPlacementHonoursThePolicy:
