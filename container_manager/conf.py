@@ -38,6 +38,9 @@ class Settings:
     STOP_GRACE_SECONDS: int = 5
     #: Bytes of stdout and of stderr kept in the database (the tail).
     LOG_TAIL_BYTES: int = 1024 * 1024
+    #: Whether the job's known secret values are redacted from its stored output tails (they
+    #: are always redacted from errors and log lines).
+    REDACT_OUTPUT: bool = True
     #: Django storage alias to keep full output in, or None to keep only the tail.
     LOG_STORAGE: str | None = None
     #: Docker network mode for job containers ("none", "host", a network name), or None
@@ -107,6 +110,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "REAP_INTERVAL": (int, float, type(None)),
     "JOB_RETENTION_DAYS": (int, type(None)),
     "DEFAULT_PIDS_LIMIT": (int, type(None)),
+    "REDACT_OUTPUT": (bool,),
 }
 
 
@@ -117,7 +121,7 @@ def _check_types(overrides: dict[str, Any]) -> None:
     for name, value in overrides.items():
         default = getattr(DEFAULTS, name)
         expected = _TYPES.get(name) or ((int, float) if isinstance(default, float) else (int,))
-        if isinstance(value, bool) or not isinstance(value, expected):
+        if (isinstance(value, bool) and bool not in expected) or not isinstance(value, expected):
             raise ConfigurationError(
                 f"CONTAINER_MANAGER[{name!r}] must be "
                 f"{' or '.join(t.__name__ for t in expected)}, not {type(value).__name__}"

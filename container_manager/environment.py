@@ -17,7 +17,9 @@ __all__ = [
     "merge_environments",
     "parse_environment",
     "parse_secret_environment",
+    "redact",
     "resolve_reference",
+    "secret_values",
     "unmask",
 ]
 
@@ -25,7 +27,11 @@ _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _REFERENCE = re.compile(r"env:[A-Za-z_][A-Za-z0-9_]*|file:/[^\0\n]*")
 #: Bytes a ``file:`` secret may hold.
 MAX_SECRET_BYTES = 1024 * 1024
-_SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL|PASSWD", re.IGNORECASE)
+_SECRET = re.compile(r"PASSWORD|SECRET|TOKEN|KEY|CREDENTIAL|PASSWD|DSN", re.IGNORECASE)
+#: A value that holds a secret by its shape: a URL with a password (``scheme://user:pw@``).
+_SECRET_SHAPE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:[^/\s@]+@")
+#: Values shorter than this are not redacted from text: they would match by chance.
+MIN_REDACTED_CHARS = 4
 MASK = "********"
 HIDDEN = "(not KEY=VALUE text: hidden)"
 
@@ -63,14 +69,33 @@ def merge_environments(*layers: Mapping[str, str]) -> dict[str, str]:
     return merged
 
 
-def is_secret(name: str) -> bool:
-    """Whether a variable name looks like it holds a secret."""
-    return bool(_SECRET.search(name))
+def is_secret(name: str, value: str = "") -> bool:
+    """Whether a variable looks like it holds a secret: by its name, or by its value's shape
+    (a URL with a password, such as a DSN)."""
+    return bool(_SECRET.search(name) or _SECRET_SHAPE.search(value))
 
 
 def mask_environment(env: Mapping[str, str]) -> dict[str, str]:
-    """A copy of ``env`` with the values of secret-looking names masked."""
-    return {name: (MASK if is_secret(name) else value) for name, value in env.items()}
+    """A copy of ``env`` with the values of secret-looking variables masked."""
+    return {name: (MASK if is_secret(name, value) else value) for name, value in env.items()}
+
+
+def secret_values(env: Mapping[str, str]) -> set[str]:
+    """The values of ``env``'s secret-looking variables (with the password part of a URL on
+    its own too): what :func:`redact` takes out of text."""
+    values = {v for k, v in env.items() if is_secret(k, v)}
+    for value in list(values):
+        values.update(m.group(0).rsplit(":", 1)[-1][:-1] for m in _SECRET_SHAPE.finditer(value))
+    return {v for v in values if len(v) >= MIN_REDACTED_CHARS}
+
+
+def redact(text: str, secrets: set[str]) -> str:
+    """``text`` with every occurrence of each secret value replaced by MASK (longest first,
+    so that a secret containing another goes whole)."""
+    for secret in sorted(secrets, key=len, reverse=True):
+        if secret in text:
+            text = text.replace(secret, MASK)
+    return text
 
 
 def format_environment(env: Mapping[str, str]) -> str:
@@ -110,7 +135,7 @@ def unmask(edited: str, stored: str) -> str:
         old = parse_environment(stored)
     except InvalidJobError:
         old = {}
-    lost = [k for k, v in new.items() if v == MASK and (k not in old or not is_secret(k))]
+    lost = [k for k, v in new.items() if v == MASK and (k not in old or not is_secret(k, old[k]))]
     if lost:
         raise InvalidJobError(f"Give a real value for: {', '.join(lost)}.")
     return format_environment({k: old[k] if v == MASK else v for k, v in new.items()})

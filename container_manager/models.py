@@ -684,6 +684,7 @@ class ContainerJob(models.Model):
             mounts=tuple(parse_mounts(self.mounts)),
             secret_references=parse_secret_environment(self.secret_environment),
             registry_credential=credential.registry if credential else "",
+            registry_username=credential.username if credential else "",
             gpus=self.gpus or None,
             shm_size_mb=self.shm_size_mb,
             pids_limit=self.pids_limit,

@@ -20,6 +20,7 @@ from django.utils import timezone
 
 from . import compiled
 from .conf import get_settings
+from .environment import MIN_REDACTED_CHARS, redact, secret_values
 from .exceptions import (
     ContainerNotFoundError,
     ExecutorConnectionError,
@@ -96,6 +97,17 @@ class _Sampler(threading.Thread):
                 log.debug("container=%s no stats: %s", self.container_id[:12], err)
 
 
+def _secrets_of(spec: JobSpec) -> set[str]:
+    """The values to keep out of what is recorded of a job: its secret-looking environment,
+    its resolved secret references, its registry password."""
+    values = secret_values(spec.environment) | secret_values(
+        {f"SECRET_{name}": value for name, value in spec.secrets.items()}
+    )
+    if spec.registry_auth is not None and len(spec.registry_auth.password) >= MIN_REDACTED_CHARS:
+        values.add(spec.registry_auth.password)
+    return values
+
+
 class JobRunner:
     """Runs one claimed job to a recorded end (or leaves it for adoption)."""
 
@@ -122,6 +134,8 @@ class JobRunner:
         self._attempt_began = timezone.now()
         #: What the attempt's row records of the spec it ran with (no secret values).
         self._spec_record: dict[str, Any] = {}
+        #: The job's secret values, redacted from every text recorded or logged about it.
+        self._secrets: set[str] = set()
 
     # ---- the whole life -------------------------------------------------------------
 
@@ -132,6 +146,7 @@ class JobRunner:
             spec = self.job.spec()
             self._spec_record = spec.describe()
             spec = self.job.resolve(spec)
+            self._secrets = _secrets_of(spec)
         except InvalidJobError as err:
             self._finish(JobStatus.FAILED, error=f"Invalid job: {err}", exit_code=None)
             return
@@ -240,7 +255,12 @@ class JobRunner:
         its container may still run)."""
         self._engine_tries += 1
         delay = min(_ENGINE_RETRY_MAX, 0.5 * 2 ** min(self._engine_tries, 6))
-        log.warning("job=%s engine unreachable (retry in %.1fs): %s", self.job.pk, delay, err)
+        log.warning(
+            "job=%s engine unreachable (retry in %.1fs): %s",
+            self.job.pk,
+            delay,
+            redact(str(err), self._secrets),
+        )
         self.control.abandon.wait(delay)
         if not self._still_held():
             log.warning("job=%s was taken over (lost or adopted); leaving it", self.job.pk)
@@ -282,8 +302,8 @@ class JobRunner:
         outcome = {
             "exit_code": state.exit_code,
             "oom_killed": state.oom_killed,
-            "stdout_log": stdout.text,
-            "stderr_log": stderr.text,
+            "stdout_log": self._redacted_output(stdout.text),
+            "stderr_log": self._redacted_output(stderr.text),
             "stdout_truncated": stdout.truncated,
             "stderr_truncated": stderr.truncated,
             "stdout_file": stdout.stored_as,
@@ -298,6 +318,9 @@ class JobRunner:
             took = self._finish(status, error=error, **outcome)
         if took:
             self._remove(container_id)
+
+    def _redacted_output(self, text: str) -> str:
+        return redact(text, self._secrets) if self.settings.REDACT_OUTPUT else text
 
     def _collect(self, container_id: str) -> dict[Stream, CollectedOutput]:
         prefix = f"container_jobs/{self.job.pk}/attempt-{self.job.attempt_count}"
@@ -347,6 +370,7 @@ class JobRunner:
         self._attempt_written = True
 
     def _requeue(self, error: str, **attempt_fields: Any) -> bool:
+        error = redact(error, self._secrets)
         delay = backoff_delay(self.job.attempt_count)
         run_after = timezone.now() + timedelta(seconds=delay)
         took = self.job.requeue(self.worker_id, run_after, error)
@@ -358,6 +382,7 @@ class JobRunner:
         return took
 
     def _finish(self, status: JobStatus, *, error: str, **outcome: Any) -> bool:
+        error = redact(error, self._secrets)
         took = self.job.mark_finished(self.worker_id, status, last_error=error, **outcome)
         if took:
             self._write_attempt(

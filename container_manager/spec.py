@@ -297,6 +297,7 @@ class JobSpec:
     secrets: dict[str, str] = field(default_factory=dict, repr=False)
     #: The registry of the job's credential (its password is resolved into registry_auth).
     registry_credential: str = ""
+    registry_username: str = ""
     registry_auth: RegistryAuth | None = field(default=None, repr=False)
     gpus: int | None = None
     shm_size_mb: int | None = None
@@ -372,7 +373,7 @@ class JobSpec:
             "mounts": [m.as_dict() for m in self.mounts],
             "network": self.network_mode or "",
             "registry": self.registry_credential,
-            "registry_username": self.registry_auth.username if self.registry_auth else "",
+            "registry_username": self.registry_username,
             "memory_limit_mb": self.memory_limit_mb,
             "cpu_limit": self.cpu_limit,
             "gpus": self.gpus,

@@ -134,7 +134,13 @@ class TestSpec:
 
     def test_secrets_reach_the_environment_but_not_the_record(self):
         spec = JobSpec(
-            "j", 1, "img", environment={"A": "1"}, secret_references={"TOKEN": "env:T"}
+            "j",
+            1,
+            "img",
+            environment={"A": "1"},
+            secret_references={"TOKEN": "env:T"},
+            registry_credential="r.io",
+            registry_username="robot",
         ).with_secrets({"TOKEN": "s3cr3t-value"}, RegistryAuth("r.io", "robot", "pw-value"))
         assert spec.full_environment == {"A": "1", "TOKEN": "s3cr3t-value"}
         record = spec.describe()
