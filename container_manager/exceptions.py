@@ -19,7 +19,9 @@ __all__ = [
     "ImageUnavailableError",
     "InvalidJobError",
     "JobStateError",
+    "PermanentLaunchError",
     "SecretUnavailableError",
+    "SpecRefusedError",
     "UnknownExecutorError",
 ]
 
@@ -50,7 +52,22 @@ class JobStateError(ContainerManagerError):
 
 
 class ExecutorError(ContainerManagerError):
-    """An executor could not do what was asked of the engine."""
+    """An executor could not do what was asked of the engine. ``status_code`` is the
+    engine's HTTP status where it answered with one (set at the executor's one
+    translation point), so that callers branch on it, never on the message."""
+
+    def __init__(self, message: str = "", *, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+class PermanentLaunchError(ExecutorError):
+    """Launching failed in a way that a retry would only repeat: the attempt fails at once."""
+
+
+class SpecRefusedError(PermanentLaunchError):
+    """The engine refused the job's container as specified (an HTTP 400: a bind source that
+    does not exist, a device nobody has, an invalid option)."""
 
 
 class ExecutorConnectionError(ExecutorError):
@@ -65,7 +82,7 @@ class ImageUnavailableError(ExecutorError):
     """The image is not on the host and could not be pulled."""
 
 
-class ImageAccessDeniedError(ExecutorError):
+class ImageAccessDeniedError(PermanentLaunchError):
     """The registry refused the credentials (or asked for some): retrying does not help."""
 
 

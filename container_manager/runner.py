@@ -25,8 +25,8 @@ from .exceptions import (
     ContainerNotFoundError,
     ExecutorConnectionError,
     ExecutorError,
-    ImageAccessDeniedError,
     InvalidJobError,
+    PermanentLaunchError,
 )
 from .executors.base import BaseExecutor, ContainerState, JobSpec, Stream
 from .models import ContainerJob, JobAttempt, JobStatus
@@ -178,7 +178,7 @@ class JobRunner:
             except ExecutorConnectionError as err:
                 # The container may or may not exist: keep the attempt (its name finds it).
                 self._engine_unreachable(err)
-            except ImageAccessDeniedError as err:  # the same credentials fail again: no retry
+            except PermanentLaunchError as err:  # a refused spec or credential: no retry
                 self._finish(JobStatus.FAILED, error=f"Launch failed: {err}", exit_code=None)
                 return None
             except ExecutorError as err:

@@ -30,6 +30,7 @@ from ..exceptions import (
     ExecutorError,
     ImageAccessDeniedError,
     ImageUnavailableError,
+    SpecRefusedError,
 )
 from ..spec import SPEC_FIELDS, Mount, RegistryAuth, image_registry
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
@@ -108,6 +109,19 @@ def _frames(chunks: Iterable[bytes]) -> Iterator[tuple[Stream, bytes]]:
         raise docker.errors.DockerException("log answer cut inside a frame")
 
 
+def _api_error(action: str, err: docker.errors.APIError) -> ExecutorError:
+    """The app's error for an engine's error answer, by its status code."""
+    message, status = f"{action}: {_engine_message(err)}", err.status_code
+    kind: type[ExecutorError] = ExecutorError
+    if isinstance(err, docker.errors.ImageNotFound):
+        kind = ImageUnavailableError
+    elif isinstance(err, docker.errors.NotFound):
+        kind = ContainerNotFoundError
+    elif status == 400:
+        kind = SpecRefusedError
+    return kind(message, status_code=status)
+
+
 def _hardening(spec: JobSpec) -> dict[str, Any]:
     """The secure defaults and their exceptions: no new privileges, an init process, a
     process limit, Docker's default capabilities adjusted by the job, root filesystem."""
@@ -175,12 +189,8 @@ class DockerExecutor(BaseExecutor):
             yield
         except ContainerManagerError:
             raise
-        except docker.errors.ImageNotFound as err:
-            raise ImageUnavailableError(f"{action}: {_engine_message(err)}") from err
-        except docker.errors.NotFound as err:
-            raise ContainerNotFoundError(f"{action}: {_engine_message(err)}") from err
         except docker.errors.APIError as err:
-            raise ExecutorError(f"{action}: {_engine_message(err)}") from err
+            raise _api_error(action, err) from err
         except (
             requests.exceptions.RequestException,
             docker.errors.DockerException,
@@ -354,7 +364,7 @@ class DockerExecutor(BaseExecutor):
 
     def _existing(self, name: str, err: ExecutorError) -> Container | None:
         """After a name conflict, the container a previous try of this attempt created."""
-        if "Conflict" not in str(err) and "already in use" not in str(err):
+        if err.status_code != 409:
             return None
         with self._engine(f"Find container {name}"):
             return self.client.containers.get(name)
@@ -528,7 +538,7 @@ class DockerExecutor(BaseExecutor):
         except ContainerNotFoundError:
             pass
         except ExecutorError as err:
-            if "already in progress" not in str(err):
+            if err.status_code != 409:  # 409: a removal already in progress
                 raise
 
     def cleanup(self, container_id: str) -> bool:

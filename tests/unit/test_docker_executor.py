@@ -41,10 +41,18 @@ def _spec(image: str = "busybox:latest", **kwargs) -> JobSpec:
     return JobSpec(job_id="job-1", attempt=1, image=image, argv=["true"], **kwargs)
 
 
+def _answer(status: int, message: str, explanation: str) -> APIError:
+    """An SDK error as the SDK makes it from an engine answer with ``status``."""
+    response = requests.Response()
+    response.status_code = status
+    return APIError(message, response=response, explanation=explanation)
+
+
 def _conflict(name: str = "cm-job-1-1") -> APIError:
-    return APIError(
+    return _answer(
+        409,
         "409 Client Error for http+docker://localhost/v1.41/containers/create: Conflict",
-        explanation=f'Conflict. The container name "/{name}" is already in use by container '
+        f'Conflict. The container name "/{name}" is already in use by container '
         '"abc123". You have to remove (or rename) that container to be able to reuse that name.',
     )
 
@@ -1110,8 +1118,8 @@ def test_cleanup_is_idempotent():
 def test_cleanup_while_a_removal_is_in_progress_is_true():
     executor = _executor()
     with patch("docker.DockerClient") as mock_client:
-        mock_client.return_value.containers.get.return_value.remove.side_effect = APIError(
-            "409 Client Error", explanation="removal of container c1 is already in progress"
+        mock_client.return_value.containers.get.return_value.remove.side_effect = _answer(
+            409, "409 Client Error", "removal of container c1 is already in progress"
         )
 
         assert executor.cleanup("c1") is True
@@ -1438,3 +1446,33 @@ def test_a_missing_certificate_file_is_a_configuration_error(tmp_path):
         with pytest.raises(ConfigurationError, match="'secure-engine': TLS configuration"):
             executor.get_version()
         mock_client.assert_not_called()
+
+
+def test_an_engine_400_at_create_is_a_refused_spec_and_not_retried_by_the_runner():
+    """A 400 (a bind source that does not exist, an unknown device driver) is the spec's
+    fault: SpecRefusedError, a PermanentLaunchError, carrying the status code."""
+    from container_manager.exceptions import PermanentLaunchError, SpecRefusedError
+
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        mock_client.return_value.containers.create.side_effect = _answer(
+            400, "400 Client Error", "invalid mount config for type \"bind\": bind source path"
+            " does not exist: /srv/missing",
+        )  # fmt: skip
+        with pytest.raises(SpecRefusedError) as caught:
+            executor.run(_spec())
+    assert isinstance(caught.value, PermanentLaunchError)
+    assert caught.value.status_code == 400
+    assert "bind source path does not exist" in str(caught.value)
+
+
+def test_a_conflict_without_a_409_is_not_taken_for_one():
+    """The status code decides, not the words: a 500 that mentions a conflict is an error."""
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        mock_client.return_value.containers.create.side_effect = _answer(
+            500, "500 Server Error", "Conflict. The container name is already in use"
+        )
+        with pytest.raises(ExecutorError, match="already in use"):
+            executor.create(_spec())
+        mock_client.return_value.containers.get.assert_not_called()
