@@ -543,13 +543,13 @@ class DockerExecutor(BaseExecutor):
 
     def cleanup(self, container_id: str) -> bool:
         with self._removing(container_id):
-            self.client.containers.get(container_id).remove(force=True)
+            self.client.containers.get(container_id).remove(force=True, v=True)
         return True
 
     def discard(self, container_id: str) -> None:
         """One request (``cleanup`` looks the container up first, as older code expects)."""
         with self._removing(container_id):
-            self.client.api.remove_container(container_id, force=True)
+            self.client.api.remove_container(container_id, force=True, v=True)
 
     # ---- inspection and maintenance ------------------------------------------------
 

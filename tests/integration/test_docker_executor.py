@@ -359,3 +359,39 @@ def test_get_resource_usage_of_a_running_container(executor, test_image, remove_
 def test_health_check_and_version_of_the_real_engine(executor, docker_client):
     assert executor.health_check() is True
     assert executor.get_version() == docker_client.version()["Version"]
+
+
+@pytest.fixture
+def image_with_a_volume(docker_client, test_image) -> Iterator[str]:
+    """An image that declares ``VOLUME /data`` (built from the offline test image)."""
+    import io
+
+    tag = f"container-jobs/with-volume:{SESSION_ID}"
+    dockerfile = f"FROM {test_image}\nVOLUME /data\n".encode()
+    docker_client.images.build(fileobj=io.BytesIO(dockerfile), tag=tag, rm=True)
+    yield tag
+    with suppress(docker.errors.APIError):
+        docker_client.images.remove(tag, force=True)
+
+
+@pytest.mark.parametrize("removal", ["cleanup", "discard"])
+def test_removing_a_container_removes_its_anonymous_volumes(
+    executor, image_with_a_volume, docker_client, removal
+):
+    """An image's VOLUME gets an anonymous volume per container; removing the container
+    takes it along (the reaper never sees volumes, so nothing else would)."""
+    container_id = executor.run(_spec(image_with_a_volume, "sh", "-c", "echo x > /data/f"))
+    assert executor.wait(container_id, timeout=30) == 0
+    mounts = docker_client.api.inspect_container(container_id)["Mounts"]
+    (volume,) = [m["Name"] for m in mounts if m["Type"] == "volume"]
+    assert docker_client.volumes.get(volume)
+
+    try:
+        getattr(executor, removal)(container_id)
+        with pytest.raises(docker.errors.NotFound):
+            docker_client.volumes.get(volume)
+    finally:
+        with suppress(docker.errors.APIError):
+            docker_client.api.remove_container(container_id, force=True, v=True)
+        with suppress(docker.errors.APIError):
+            docker_client.volumes.get(volume).remove(force=True)

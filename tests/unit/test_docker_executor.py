@@ -773,7 +773,7 @@ def test_a_failed_start_removes_the_container_and_tells_the_engine_error():
         success, message = executor.launch_job(job)
         assert success is False
         assert 'exec: "nope": executable file not found' in message
-        container.remove.assert_called_once_with(force=True)
+        container.remove.assert_called_once_with(force=True, v=True)
 
 
 def test_a_failed_start_whose_cleanup_fails_too_still_tells_the_start_error():
@@ -1112,7 +1112,7 @@ def test_cleanup_is_idempotent():
 
         assert executor.cleanup("c1") is True
         assert executor.cleanup("c1") is True
-        container.remove.assert_called_once_with(force=True)
+        container.remove.assert_called_once_with(force=True, v=True)
 
 
 def test_cleanup_while_a_removal_is_in_progress_is_true():
@@ -1313,8 +1313,8 @@ def test_cleanup_old_containers_removes_only_old_finished_ones():
 
         removed = executor.cleanup_old_containers(datetime(2024, 3, 1, tzinfo=UTC))
         assert removed == 2
-        containers["old"].remove.assert_called_once_with(force=True)
-        containers["dead"].remove.assert_called_once_with(force=True)
+        containers["old"].remove.assert_called_once_with(force=True, v=True)
+        containers["dead"].remove.assert_called_once_with(force=True, v=True)
         for kept in ("recent", "running", "created"):
             containers[kept].remove.assert_not_called()
 

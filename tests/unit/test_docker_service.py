@@ -742,7 +742,7 @@ def test_docker_remove_existing_container(sdk):
     sdk.containers.get.return_value.status = "exited"
 
     assert service.remove_container(job) is True
-    sdk.containers.get.return_value.remove.assert_called_once_with(force=True)
+    sdk.containers.get.return_value.remove.assert_called_once_with(force=True, v=True)
 
 
 @pytest.mark.django_db
