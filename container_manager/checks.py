@@ -65,4 +65,13 @@ def check_hosts(
             checks.Error(problem, obj=f"host {host.name!r}", id="container_manager.E004")
             for problem in problems
         ]
+        if host.insecure_tcp and not host.tls_enabled:
+            messages.append(
+                checks.Warning(
+                    "Plain tcp:// without TLS: every job's environment crosses the network in"
+                    " the clear, and anyone who can reach the port controls the engine.",
+                    obj=f"host {host.name!r}",
+                    id="container_manager.W003",
+                )
+            )
     return messages

@@ -15,7 +15,6 @@ __all__ = ["DEFAULTS", "Settings", "get_settings"]
 
 DEFAULT_EXECUTORS: dict[str, str] = {
     "docker": "container_manager.executors.docker.DockerExecutor",
-    "fake": "container_manager.executors.fake.FakeExecutor",
     "swarm": "container_manager.executors.swarm.SwarmExecutor",
 }
 
@@ -24,7 +23,9 @@ DEFAULT_EXECUTORS: dict[str, str] = {
 class Settings:
     """The app's settings, with their defaults."""
 
-    #: alias -> dotted path of an executor class.
+    #: alias -> dotted path of an executor class (merged over docker and swarm). The fake
+    #: executor is registered only where a project adds it (its tests, the demo):
+    #: ``{"fake": "container_manager.executors.fake.FakeExecutor"}``.
     EXECUTORS: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EXECUTORS))
     #: Seconds the SDK waits for an engine answer (not for a job: waits use their own).
     ENGINE_TIMEOUT: float = 30.0

@@ -10,7 +10,7 @@ from django.db.models import Q, QuerySet
 from django.utils import timezone
 
 from .conf import get_settings
-from .exceptions import ContainerManagerError
+from .exceptions import ContainerManagerError, ExecutorConnectionError
 from .executors import get_executor
 from .models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
 
@@ -30,13 +30,24 @@ def check_host(host: ExecutorHost) -> tuple[bool, str]:
         if not healthy:
             detail = f"engine {detail} answers but fails the executor's health check"
     except ContainerManagerError as err:
-        healthy, detail, capacity = False, str(err) or type(err).__name__, None
+        healthy, detail, capacity = False, _failure(err), None
     host.record_health(healthy, "" if healthy else detail, capacity)
     if not healthy:
         log.warning(
             "host=%s unhealthy failures=%d: %s", host.name, host.health_check_failures, detail
         )
     return healthy, detail
+
+
+def _failure(err: ContainerManagerError) -> str:
+    """What a failed check records: the engine's status code and a fixed text, never the
+    body of its answer (a host may point anywhere; its answer is not ours to show)."""
+    if isinstance(err, ExecutorConnectionError):
+        return str(err)  # the client's own words: refused, timed out, TLS failure
+    status = getattr(err, "status_code", None)
+    if status is not None:
+        return f"The engine answered HTTP {status}."
+    return f"The engine's answer could not be used ({type(err).__name__})."
 
 
 def healthy_hosts(threshold: int | None = None) -> QuerySet[ExecutorHost]:

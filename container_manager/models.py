@@ -229,6 +229,11 @@ class ExecutorHost(models.Model):
         max_length=50, default="docker", help_text="Alias of the executor in CONTAINER_MANAGER"
     )
     tls_enabled = models.BooleanField(default=False)
+    insecure_tcp = models.BooleanField(
+        "plain TCP (no TLS)",
+        default=False,
+        help_text="Allow tcp:// without TLS: jobs' environment crosses the network in the clear",
+    )
     tls_verify = models.BooleanField(default=True)
     tls_ca_cert = models.CharField("CA certificate path", max_length=500, blank=True)
     tls_client_cert = models.CharField("client certificate path", max_length=500, blank=True)

@@ -104,6 +104,8 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # engine's default network.
 CONTAINER_MANAGER: dict[str, Any] = {
     "NETWORK_MODE": os.environ.get("CONTAINER_MANAGER_NETWORK_MODE", "none") or None,
+    # The in-package fake engine, for the tests and the demo; never register it in production.
+    "EXECUTORS": {"fake": "container_manager.executors.fake.FakeExecutor"},
 }
 
 LOGGING = {

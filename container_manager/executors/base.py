@@ -6,7 +6,9 @@ from a job, hands it to an executor, and records what comes back.
 
 from __future__ import annotations
 
+import os
 import re
+import stat
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -40,6 +42,15 @@ __all__ = [
 
 Stream = Literal["stdout", "stderr"]
 _ENGINE_URL = re.compile(r"^(unix://(/[^\s]+)|tcp://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
+
+
+def _not_a_socket(path: str) -> bool:
+    """Whether ``path`` exists here and is no socket (a path that does not exist here may
+    be a socket on the worker's machine)."""
+    try:
+        return not stat.S_ISSOCK(os.stat(path).st_mode)
+    except OSError:
+        return False
 
 
 def _port_ok(url: str) -> bool:
@@ -91,8 +102,19 @@ class BaseExecutor(ABC):
             errors["connection_string"] = (
                 "Not an engine URL: use unix:///path/to/docker.sock or tcp://host:port."
             )
+        elif url.startswith("unix://") and _not_a_socket(url.removeprefix("unix://")):
+            errors["connection_string"] = "That path is not a socket."
         if host.tls_enabled and not url.startswith("tcp://"):
             errors["tls_enabled"] = "TLS applies to tcp:// engine URLs only."
+        elif (
+            url.startswith("tcp://")
+            and "connection_string" not in errors
+            and not (host.tls_enabled or host.insecure_tcp)
+        ):
+            errors["tls_enabled"] = (
+                "A tcp:// engine without TLS receives every job's environment in the clear:"
+                " enable TLS, or mark the host insecure (insecure_tcp)."
+            )
         if bool(host.tls_client_cert) != bool(host.tls_client_key):
             errors["tls_client_key"] = "Give both the client certificate and its key, or neither."
         return errors

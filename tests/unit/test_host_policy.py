@@ -31,7 +31,10 @@ def fast(settings):
         "POLL_INTERVAL": 0.05,
         "RETRY_BACKOFF_BASE": 0.01,
         "RETRY_BACKOFF_MAX": 0.05,
-        "EXECUTORS": {"plain": f"{__name__}.PlainFakeExecutor"},
+        "EXECUTORS": {
+            **settings.CONTAINER_MANAGER["EXECUTORS"],
+            "plain": f"{__name__}.PlainFakeExecutor",
+        },
     }
 
 

@@ -227,7 +227,7 @@ class TestExecutorHost:
         ],
     )
     def test_valid_engine_url(self, url):
-        assert host_errors(connection_string=url) == {}
+        assert host_errors(connection_string=url, insecure_tcp=url.startswith("tcp://")) == {}
 
     @pytest.mark.parametrize(
         "url",
@@ -521,3 +521,65 @@ def test_the_models_and_the_shipped_migrations_agree():
     out = StringIO()
     call_command("makemigrations", "container_manager", "--check", "--dry-run", stdout=out)
     assert "No changes detected" in out.getvalue()
+
+
+class TestHostsAreATrustBoundary:
+    """A host receives every placed job's environment: plain tcp:// needs saying so, a unix
+    path must be a socket, the fake engine exists only where settings register it."""
+
+    def test_plain_tcp_must_be_marked_insecure(self):
+        assert host_errors(connection_string="tcp://10.0.0.5:2375") == {
+            "tls_enabled": [
+                "A tcp:// engine without TLS receives every job's environment in the clear:"
+                " enable TLS, or mark the host insecure (insecure_tcp)."
+            ]
+        }
+        assert host_errors(connection_string="tcp://10.0.0.5:2375", insecure_tcp=True) == {}
+
+    def test_a_unix_path_that_exists_must_be_a_socket(self, tmp_path):
+        regular = tmp_path / "docker.sock"
+        regular.write_text("not a socket")
+        assert host_errors(connection_string=f"unix://{regular}") == {
+            "connection_string": ["That path is not a socket."]
+        }
+        # A path missing here may be a socket on the worker's machine.
+        assert host_errors(connection_string=f"unix://{tmp_path}/elsewhere.sock") == {}
+
+    def test_the_fake_executor_is_not_registered_by_default(self, settings):
+        settings.CONTAINER_MANAGER = {}
+        errors = host_errors(executor_type="fake")
+        assert list(errors) == ["executor_type"]
+        assert "fake" not in errors["executor_type"][0].split("registered: ")[1]
+
+    def test_check_warns_about_every_insecure_host(self):
+        from django.core.management import call_command
+        from django.core.management.base import SystemCheckError
+
+        ExecutorHost.objects.create(
+            name="plain", connection_string="tcp://127.0.0.1:2375", insecure_tcp=True
+        )
+        from container_manager.checks import check_hosts
+
+        warnings = check_hosts(databases=["default"])
+        assert [(w.id, w.obj) for w in warnings] == [("container_manager.W003", "host 'plain'")]
+        with pytest.raises(SystemCheckError):
+            call_command("check", "--database", "default", "--fail-level", "WARNING")
+
+
+def test_a_failed_health_check_records_the_status_not_the_answer(monkeypatch):
+    """An endpoint's answer body is never copied into the host's record."""
+    from container_manager.exceptions import ExecutorError
+    from container_manager.executors.fake import FakeExecutor
+    from container_manager.health import check_host
+
+    host = ExecutorHost.objects.create(
+        name="rogue", connection_string="unix:///fake/rogue.sock", executor_type="fake"
+    )
+
+    def answer(self):
+        raise ExecutorError("Engine version: <html>internal secrets here</html>", status_code=502)
+
+    monkeypatch.setattr(FakeExecutor, "get_version", answer)
+    assert check_host(host) == (False, "The engine answered HTTP 502.")
+    host.refresh_from_db()
+    assert host.last_health_error == "The engine answered HTTP 502."

@@ -581,7 +581,7 @@ class TestSettings:
         cm_settings(settings, EXECUTORS={"docker": "myapp.executors.Docker"})
         executors = get_settings().EXECUTORS
         assert executors["docker"] == "myapp.executors.Docker"
-        assert executors["fake"] == DEFAULT_EXECUTORS["fake"]
+        assert executors["swarm"] == DEFAULT_EXECUTORS["swarm"]
 
     def test_defaults_are_not_shared(self, settings):
         get_settings().EXECUTORS["mutated"] = "x"
