@@ -28,6 +28,12 @@ What Swarm cannot do like a plain engine, and what this executor does instead:
 - **Placement constraints**: ``spec.placement_constraints`` items in Swarm syntax
   (``node.role==worker``) are used as they are; ``name=value`` becomes
   ``node.labels.name==value`` and a bare ``name`` becomes ``node.labels.name==true``.
+- **Removal** of a ``replicated-job`` service, on engines whose swarmkit lacks the fix of
+  moby/moby#44312 (20.10 among them), neither stops its running task nor removes the task and
+  its container: they stay on the node (and the task in the swarm) until removed by hand.
+
+How the job spec maps onto the service, what is refused, and which secure defaults Swarm can
+apply (not no-new-privileges): :mod:`container_manager.executors.swarm_spec`.
 """
 
 from __future__ import annotations
@@ -35,13 +41,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator
 from contextlib import suppress
+from dataclasses import replace
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from docker.types import (
-    ContainerSpec,
     Placement,
-    Resources,
     RestartPolicy,
     ServiceMode,
     TaskTemplate,
@@ -54,7 +59,9 @@ from ..exceptions import (
     ContainerNotFoundError,
     ExecutorError,
     ImageUnavailableError,
+    PermanentLaunchError,
 )
+from . import swarm_spec
 from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream
 from .docker import DockerExecutor, _parse_time
 
@@ -161,6 +168,14 @@ class SwarmExecutor(DockerExecutor):
     #: Real figures for tasks on the node this executor talks to; zeros for other nodes'.
     supports_stats: ClassVar[bool] = True
     runs_as: ClassVar[str] = "service"
+    #: What the service honours (:mod:`~container_manager.executors.swarm_spec`).
+    supported_fields: ClassVar[frozenset[str]] = swarm_spec.SUPPORTED_FIELDS
+
+    @classmethod
+    def spec_refusals(cls, spec: JobSpec) -> dict[str, str]:
+        """Field -> why a value of a supported field cannot run on any swarm (network
+        ``"none"``, ...): :func:`~container_manager.executors.swarm_spec.spec_refusals`."""
+        return swarm_spec.spec_refusals(spec)
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -169,25 +184,18 @@ class SwarmExecutor(DockerExecutor):
     # ---- launching ----------------------------------------------------------------
 
     def _service_kwargs(self, spec: JobSpec) -> dict[str, Any]:
-        """The ``create_service`` arguments of the spec's run-once service."""
-        limits: dict[str, int] = {}
-        if spec.cpu_limit:
-            limits["cpu_limit"] = round(spec.cpu_limit * 1e9)
-        if spec.memory_limit_mb:
-            limits["mem_limit"] = spec.memory_limit_mb * 1024 * 1024
+        """The ``create_service`` arguments of the spec's run-once service.
+        PermanentLaunchError (no retry) when the spec asks for what this swarm cannot honour
+        (:meth:`refusals`): nothing is asked of the engine then."""
+        network = swarm_spec.swarm_network(spec)
+        if errors := self.refusals(replace(spec, network_mode=network)):
+            raise PermanentLaunchError("; ".join(errors[name] for name in sorted(errors)))
+        api_version = self.client.api.api_version
         constraints = [swarm_constraint(c) for c in spec.placement_constraints]
-        container = ContainerSpec(
-            image=spec.image,
-            args=spec.argv or None,  # the command, after the image's entrypoint: no shell
-            env=spec.environment or None,
-            workdir=spec.working_directory or None,
-            labels=spec.labels,
-            stop_grace_period=get_settings().STOP_GRACE_SECONDS * 10**9,
-        )
-        return {
+        kwargs: dict[str, Any] = {
             "task_template": TaskTemplate(
-                container_spec=container,
-                resources=Resources(**limits) if limits else None,
+                container_spec=swarm_spec.container_spec(spec, api_version),
+                resources=swarm_spec.resources(spec, api_version),
                 restart_policy=RestartPolicy(condition="none"),
                 placement=Placement(constraints=constraints) if constraints else None,
             ),
@@ -195,6 +203,14 @@ class SwarmExecutor(DockerExecutor):
             "labels": spec.labels,
             "mode": self._run_once_mode(),
         }
+        if network:
+            kwargs["networks"] = [network]
+        return kwargs
+
+    def refusals(self, spec: JobSpec) -> dict[str, str]:
+        """:meth:`spec_refusals`, and the requested fields this engine's API is too old for."""
+        version_errors = swarm_spec.version_refusals(spec, self.client.api.api_version)
+        return {**self.spec_refusals(spec), **version_errors}
 
     def _run_once_mode(self) -> ServiceMode:
         if version_gte(self.client.api.api_version, _JOB_MODE_API):
@@ -207,7 +223,8 @@ class SwarmExecutor(DockerExecutor):
         kwargs = self._service_kwargs(spec)
         try:
             with self._engine(f"Create service for image {spec.image!r}"):
-                service_id = str(self.client.api.create_service(**kwargs)["ID"])
+                created = swarm_spec.create_service(self.client.api, kwargs, spec.registry_auth)
+                service_id = str(created["ID"])
         except ExecutorError as err:
             existing = self._existing_service(spec.name, err)
             if existing is None:

@@ -119,8 +119,8 @@ def test_run_creates_a_run_once_service_named_after_the_attempt(sdk, settings):
     template = kwargs["task_template"]
     assert template["RestartPolicy"]["Condition"] == "none"
     assert template["Resources"] == {
-        "Limits": {"NanoCPUs": 1_500_000_000, "MemoryBytes": 256 * 1024 * 1024}
-    }
+        "Limits": {"NanoCPUs": 1_500_000_000, "MemoryBytes": 256 * 1024 * 1024, "Pids": 4096}
+    }, "the job's limits and the DEFAULT_PIDS_LIMIT"
     container = template["ContainerSpec"]
     assert container["Image"] == "busybox:latest"
     assert container["Args"] == ["sh", "-c", "echo hi"], "argv as arguments: no shell added"
@@ -163,7 +163,7 @@ def test_placement_constraints_come_from_the_spec(sdk):
         "node.role==worker",
         "zone!=b",
     ]
-    assert "Resources" not in template, "no limits asked, none set"
+    assert template["Resources"] == {"Limits": {"Pids": 4096}}, "no limits asked: the default"
 
 
 @pytest.mark.parametrize(
