@@ -2,21 +2,26 @@
 
 The tests start their own engine (tests/engines.py: own data root and socket), make it a
 one-node swarm on loopback ports, run jobs through the real Worker (output, a failure, a
-timeout, a cancellation), and run the executor contract (test_executor_contract.py) against
-it. At the end the engine leaves the swarm and is destroyed; the main engine is not touched.
+timeout, a cancellation, the job spec: mounts, user, read-only root, secrets, hardening,
+network), and run the executor contract (test_executor_contract.py) against it. At the end
+the engine leaves the swarm and is destroyed; the main engine is not touched.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import suppress
 from typing import Any
 
 import docker
 import pytest
+from django.core import serializers
 
 from container_manager.executors.base import BaseExecutor, JobSpec
 from container_manager.executors.swarm import SwarmExecutor
@@ -243,3 +248,158 @@ def test_health_check_is_false_for_an_engine_that_is_no_swarm_manager(docker_cli
         assert executor.get_version()
     finally:
         executor.close()
+
+
+# ---- the job spec on the swarm ----------------------------------------------------------------
+
+
+def remove_leftovers(client: Any, **filters: str) -> None:
+    """Remove the task containers (matching ``filters``) that removed services left behind:
+    on this engine (20.10) removing a ``replicated-job`` service does not remove its tasks
+    or their containers (moby/moby#44312, fixed in swarmkit by moby/swarmkit#3112)."""
+    for container in client.containers.list(all=True, filters=filters):
+        with suppress(docker.errors.NotFound):
+            container.remove(force=True)
+
+
+@pytest.fixture
+def swarm_volume(swarm_client) -> Iterator[str]:
+    """The name of a volume the test's jobs create on the swarm's node; removed afterwards."""
+    name = f"cm-swarm-data-{uuid.uuid4().hex[:8]}"
+    yield name
+    remove_leftovers(swarm_client, volume=name)
+    with suppress(docker.errors.NotFound):
+        swarm_client.volumes.get(name).remove()
+    assert swarm_client.volumes.list(filters={"name": name}) == []
+
+
+JOB_SCRIPT = r"""
+id -u; id -g
+df -k /scratch /dev/shm | sed 1d
+cat /data/note
+touch /rootfs-probe 2>/dev/null && echo "rootfs: writable" || echo "rootfs: read-only"
+printf %s "$API_TOKEN" | sha256sum
+grep CapBnd /proc/self/status
+echo "pids.max $(cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max)"
+"""
+CAP_NET_ADMIN, CAP_MKNOD = 12, 27
+
+
+def test_a_job_with_mounts_user_read_only_root_secret_and_limits(
+    swarm_host, swarm_volume, monkeypatch, settings
+):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "DEFAULT_PIDS_LIMIT": 321}
+    secret = f"swarm-secret-{uuid.uuid4().hex}"
+    monkeypatch.setenv("CM_SWARM_TEST_TOKEN", secret)
+    swarm_host.allowed_capabilities = ["NET_ADMIN"]
+    swarm_host.save()
+    # As the image's user (root): write a note into the fresh volume, hand it to uid 1000.
+    writer = submit(
+        host=swarm_host,
+        image=TEST_IMAGE,
+        command=[
+            "sh",
+            "-c",
+            "echo persisted > /data/note && chown -R 1000:1000 /data && "
+            "{ cat /sys/fs/cgroup/pids.max 2>/dev/null || cat /sys/fs/cgroup/pids/pids.max; }",
+        ],
+        mounts=[f"volume:{swarm_volume}:/data"],
+    )
+    burst()
+    job = submit(
+        host=swarm_host,
+        image=TEST_IMAGE,
+        command=["sh", "-c", JOB_SCRIPT],
+        user="1000:1000",
+        mounts=[f"volume:{swarm_volume}:/data", "tmpfs:/scratch:16"],
+        read_only_rootfs=True,
+        secret_environment={"API_TOKEN": "env:CM_SWARM_TEST_TOKEN"},
+        shm_size_mb=32,
+        pids_limit=64,
+        cap_add=["NET_ADMIN"],
+        cap_drop=["MKNOD"],
+    )
+
+    burst()
+
+    writer, job = fresh(writer), fresh(job)
+    assert (writer.status, writer.stdout_log) == (JobStatus.COMPLETED, "321\n"), (
+        "the DEFAULT_PIDS_LIMIT setting applies on the swarm"
+    )
+    assert job.status == JobStatus.COMPLETED, job.stderr_log or job.last_error
+    lines = job.stdout_log.splitlines()
+    assert lines[:2] == ["1000", "1000"], "id -u, id -g"
+    assert re.fullmatch(r"tmpfs\s+16384\s+\d+\s+\d+\s+\d+%\s+/scratch", lines[2]), lines[2]
+    assert re.fullmatch(r"tmpfs\s+32768\s+\d+\s+\d+\s+\d+%\s+/dev/shm", lines[3]), lines[3]
+    assert lines[4] == "persisted", "the volume kept what the previous job wrote"
+    assert lines[5] == "rootfs: read-only"
+    assert lines[6] == f"{hashlib.sha256(secret.encode()).hexdigest()}  -", "the secret arrived"
+    bounding = int(lines[7].split()[1], 16)
+    assert bounding >> CAP_NET_ADMIN & 1, "NET_ADMIN added"
+    assert not bounding >> CAP_MKNOD & 1, "MKNOD dropped"
+    assert lines[8] == "pids.max 64"
+    rows = serializers.serialize("json", [job, *JobAttempt.objects.filter(job=job)])
+    assert secret not in rows, "the secret's value is in no job or attempt row"
+    attempt = JobAttempt.objects.get(job=job)
+    assert attempt.spec["secret_environment"] == ["API_TOKEN"], "recorded by name"
+    assert attempt.spec["user"] == "1000:1000"
+
+
+def test_a_job_is_attached_to_the_swarm_network_it_names(engine, swarm_client):
+    network = swarm_client.networks.create(f"cm-swarm-net-{uuid.uuid4().hex[:8]}", driver="overlay")
+    service_id = ""
+    try:
+        spec = JobSpec(
+            job_id=uuid.uuid4().hex,
+            attempt=1,
+            image=TEST_IMAGE,
+            argv=["sleep", "30"],
+            extra_labels={SESSION_LABEL: SESSION_ID},
+            network_mode=network.name,
+        )
+        service_id = engine.run(spec)
+
+        task = swarm_client.api.tasks(filters={"service": service_id})[0]
+        container = swarm_client.api.inspect_container(
+            task["Status"]["ContainerStatus"]["ContainerID"]
+        )
+        assert list(container["NetworkSettings"]["Networks"]) == [network.name]
+        assert engine.executor.stop_container(service_id, grace=0) is True
+    finally:
+        if service_id:
+            engine.executor.cleanup(service_id)
+        remove_leftovers(swarm_client, network=network.id)
+        network.remove()
+    assert gone_eventually(lambda: swarm_client.networks.get(network.id)), "network removed"
+
+
+def gone_eventually(get: Callable[[], Any], timeout: float = 10) -> bool:
+    """Whether ``get`` raises NotFound within ``timeout``: the swarm removes a network's
+    copy on its node a moment after the network is removed."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            get()
+        except docker.errors.NotFound:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_network_none_fails_the_launch_once_naming_the_field(swarm_host, swarm_client, settings):
+    """Swarm has no "none" network (only a plain engine's NETWORK_MODE setting may say
+    "none", and Swarm ignores that): a job naming it fails without retries, before anything
+    is asked of the engine."""
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "NETWORK_MODE": None}
+    job = submit(host=swarm_host, image=TEST_IMAGE, command="true", network="none", max_retries=2)
+
+    burst()
+
+    job = fresh(job)
+    assert job.status == JobStatus.FAILED
+    assert job.last_error == (
+        "Launch failed: The swarm executor cannot honour network 'none': Swarm has no such"
+        " network (its predefined networks are bridge and host)."
+    )
+    assert JobAttempt.objects.filter(job=job).count() == 1, "not retried"
+    assert services_named(swarm_client, JobAttempt.objects.get(job=job).container_name) == []
