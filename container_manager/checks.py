@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.conf import settings
 from django.core import checks
 from django.db import DatabaseError
 
 from .conf import get_settings
 from .exceptions import ConfigurationError
+
+
+def _metrics_routed() -> bool:
+    """Whether the project's URLconf routes to the metrics view."""
+    from django.urls import NoReverseMatch, reverse
+
+    try:
+        reverse("container_manager:metrics")
+    except NoReverseMatch:
+        return False
+    return True
 
 
 @checks.register()
@@ -29,6 +41,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if conf.LOG_TAIL_BYTES < 1024:
         messages.append(
             checks.Error("LOG_TAIL_BYTES must be at least 1024.", id="container_manager.E003")
+        )
+    if conf.METRICS_TOKEN is None and not settings.DEBUG and _metrics_routed():
+        messages.append(
+            checks.Warning(
+                "The /metrics endpoint answers anyone: set CONTAINER_MANAGER['METRICS_TOKEN'],"
+                " or restrict it at your proxy.",
+                id="container_manager.W004",
+            )
         )
     if conf.LEASE_SECONDS < 3 * conf.POLL_INTERVAL:
         messages.append(

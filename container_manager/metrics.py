@@ -271,7 +271,11 @@ def _authorized(request: HttpRequest) -> bool:
     if not token:
         return True
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip(), token)
+    # Bytes, not text: compare_digest refuses non-ASCII text (a 500, and with DEBUG on, a
+    # page that shows the settings).
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
 
 
 def metrics_view(request: HttpRequest) -> HttpResponse:

@@ -140,6 +140,8 @@ def test_a_scrape_is_a_fixed_number_of_queries(client, fake_host, django_assert_
         (None, 401),
         ("Bearer wrong", 401),
         ("Basic s3cret-token", 401),
+        ("Bearer s3cr\u00e9t-token", 401),
+        ("Bearer \u2603", 401),
         ("Bearer s3cret-token", 200),
         ("bearer s3cret-token", 200),
     ],
@@ -215,3 +217,13 @@ def test_a_worker_serves_its_observed_histograms(observed):
     names = {family.name for family in text_string_to_metric_families(text)}
     assert "container_jobs_observed_launch_latency_seconds" in names
     assert "container_jobs_jobs" not in names, "the database figures are the web endpoint's"
+
+
+def test_check_warns_when_metrics_are_open_without_debug(settings):
+    from container_manager.checks import check_settings
+
+    settings.DEBUG = False
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "METRICS_TOKEN": None}
+    assert "container_manager.W004" in [m.id for m in check_settings()]
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "METRICS_TOKEN": "t0ken"}
+    assert "container_manager.W004" not in [m.id for m in check_settings()]
