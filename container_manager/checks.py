@@ -42,14 +42,6 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         messages.append(
             checks.Error("LOG_TAIL_BYTES must be at least 1024.", id="container_manager.E003")
         )
-    if conf.METRICS_TOKEN is None and not settings.DEBUG and _metrics_routed():
-        messages.append(
-            checks.Warning(
-                "The /metrics endpoint answers anyone: set CONTAINER_MANAGER['METRICS_TOKEN'],"
-                " or restrict it at your proxy.",
-                id="container_manager.W004",
-            )
-        )
     if conf.LEASE_SECONDS < 3 * conf.POLL_INTERVAL:
         messages.append(
             checks.Warning(
@@ -58,6 +50,24 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     return messages
+
+
+@checks.register(checks.Tags.security, deploy=True)
+def check_metrics_token(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    """``manage.py check --deploy``: an open /metrics endpoint outside DEBUG."""
+    try:
+        token = get_settings().METRICS_TOKEN
+    except ConfigurationError:
+        return []  # check_settings says why
+    if token is not None or settings.DEBUG or not _metrics_routed():
+        return []
+    return [
+        checks.Warning(
+            "The /metrics endpoint answers anyone: set CONTAINER_MANAGER['METRICS_TOKEN'],"
+            " or restrict it at your proxy.",
+            id="container_manager.W004",
+        )
+    ]
 
 
 @checks.register(checks.Tags.database)
