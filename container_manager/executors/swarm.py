@@ -28,9 +28,9 @@ What Swarm cannot do like a plain engine, and what this executor does instead:
 - **Placement constraints**: ``spec.placement_constraints`` items in Swarm syntax
   (``node.role==worker``) are used as they are; ``name=value`` becomes
   ``node.labels.name==value`` and a bare ``name`` becomes ``node.labels.name==true``.
-- **Removal** of a ``replicated-job`` service, on engines whose swarmkit lacks the fix of
-  moby/moby#44312 (20.10 among them), neither stops its running task nor removes the task and
-  its container: they stay on the node (and the task in the swarm) until removed by hand.
+- **Mode**: ``replicated-job`` from API 1.42 (Docker 23.0); on older engines ``replicated``
+  with one replica and restart condition ``none``. 20.10 has job mode, but removing such a
+  service neither stops its task nor removes its container (moby/moby#44312).
 
 How the job spec maps onto the service, what is refused, and which secure defaults Swarm can
 apply (not no-new-privileges): :mod:`container_manager.executors.swarm_spec`.
@@ -89,7 +89,10 @@ _WORDS = {
 #: The exit code of a task that ended without a container having run (Docker's "the engine
 #: could not run the command" code, as ``docker run`` uses it).
 NO_CONTAINER_EXIT = 125
-_JOB_MODE_API = "1.41"  # replicated-job services
+# replicated-job services exist from API 1.41 (20.10), but there removing one neither stops
+# its task nor removes the task's container (moby/moby#44312, fixed by moby/swarmkit#3112 in
+# 23.0, API 1.42): on 20.10 a job runs as a replicated service with restart condition none.
+_JOB_MODE_API = "1.42"
 _POLL_FIRST = 0.05  # seconds between task polls, doubling up to _POLL_MAX
 _POLL_MAX = 0.1
 _SETTLE_SECONDS = 10.0  # how long a stopped container's task may take to report its end

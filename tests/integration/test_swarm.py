@@ -29,7 +29,7 @@ from container_manager.models import ExecutorHost, JobAttempt, JobStatus
 from container_manager.queue import submit
 from container_manager.testing.images import TEST_IMAGE, build_busybox_image
 from container_manager.worker import Worker
-from tests.conftest import SESSION_ID, SESSION_LABEL, _require
+from tests.conftest import SESSION_ID, SESSION_LABEL, _require, until
 from tests.engines import DedicatedEngine, free_port
 
 # The executor contract, run here against the swarm executor (where every concept matches).
@@ -204,6 +204,10 @@ def test_cancelling_a_running_job_stops_it_and_removes_the_service(swarm_host, s
     assert job.last_error == "Cancelled while running; the container was stopped."
     name = JobAttempt.objects.get(job=job).container_name
     assert services_named(swarm_client, name) == []
+    # Removing the service removed its task's container too (job mode on 20.10 would not).
+    until(lambda: not swarm_client.containers.list(
+        all=True, filters={"label": f"container_manager.job={job.pk}"}
+    ), timeout=15)  # fmt: skip
 
 
 # ---- what the engine was asked ---------------------------------------------------------------
@@ -224,7 +228,9 @@ def test_limits_environment_and_labels_reach_the_task(engine, swarm_client):
 
     service = swarm_client.api.inspect_service(service_id)
     assert service["Spec"]["Name"] == spec.name
-    assert service["Spec"]["Mode"] == {"ReplicatedJob": {"MaxConcurrent": 1, "TotalCompletions": 1}}
+    # 20.10 (API 1.41): one replica, never restarted; job mode only where removal works.
+    assert service["Spec"]["Mode"] == {"Replicated": {"Replicas": 1}}
+    assert service["Spec"]["TaskTemplate"]["RestartPolicy"]["Condition"] == "none"
     assert service["Spec"]["Labels"][SESSION_LABEL] == SESSION_ID
     task = swarm_client.api.tasks(filters={"service": service_id})[0]
     container = swarm_client.api.inspect_container(task["Status"]["ContainerStatus"]["ContainerID"])
