@@ -30,6 +30,7 @@ def refusals(spec: JobSpec, host: ExecutorHost) -> dict[str, str]:
         name: f"The {host.executor_type} executor (host {host.name}) cannot honour {name}."
         for name in sorted(spec.requested() - executor.supported_fields)
     }
+    errors.update({k: v for k, v in executor.spec_refusals(spec).items() if k not in errors})
     for name, check in _CHECKS.items():
         if name not in errors and (problem := check(spec, host)):
             errors[name] = problem

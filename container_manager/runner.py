@@ -144,7 +144,7 @@ class JobRunner:
             record_attempt(self.job, adopted=True)
         try:
             spec = self.job.spec()
-            self._spec_record = spec.describe()
+            self._spec_record = self.executor.effective(spec).describe()
             spec = self.job.resolve(spec)
             self._secrets = _secrets_of(spec)
         except InvalidJobError as err:

@@ -119,6 +119,17 @@ class BaseExecutor(ABC):
             errors["tls_client_key"] = "Give both the client certificate and its key, or neither."
         return errors
 
+    @classmethod
+    def spec_refusals(cls, spec: JobSpec) -> dict[str, str]:
+        """Field -> why this executor cannot run a value of a field it supports (Swarm has
+        no network ``"none"``); checked at submission like :attr:`supported_fields`."""
+        return {}
+
+    def effective(self, spec: JobSpec) -> JobSpec:
+        """``spec`` as this executor runs it (a default its engine cannot apply switched
+        off): what the attempt's row records."""
+        return spec
+
     def capacity(self) -> tuple[float, int] | None:
         """The engine's CPUs and memory (MB), or None when it cannot tell."""
         return None

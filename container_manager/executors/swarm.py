@@ -180,6 +180,10 @@ class SwarmExecutor(DockerExecutor):
         ``"none"``, ...): :func:`~container_manager.executors.swarm_spec.spec_refusals`."""
         return swarm_spec.spec_refusals(spec)
 
+    def effective(self, spec: JobSpec) -> JobSpec:
+        """A service cannot set no-new-privileges on API 1.41 (the engine drops the key)."""
+        return replace(spec, no_new_privileges=False)
+
     def __init__(self, config: Any) -> None:
         super().__init__(config)
         self.start_timeout = float(self.config.get("start_timeout", self.timeout))

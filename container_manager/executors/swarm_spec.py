@@ -93,7 +93,7 @@ def spec_refusals(spec: JobSpec) -> dict[str, str]:
     networks a task gets the default bridge, not no network), and ``shm_size_mb`` beside a
     mount of the job's own at /dev/shm."""
     errors = {}
-    if spec.network_mode == "none":
+    if swarm_network(spec) == "none":  # asked for by the job, not NETWORK_MODE's default
         errors["network"] = (
             "The swarm executor cannot honour network 'none': Swarm has no such network"
             " (its predefined networks are bridge and host)."

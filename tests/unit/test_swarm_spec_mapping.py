@@ -451,3 +451,23 @@ def test_what_swarm_maps_is_accepted_at_submission(swarm_host):
     )
 
     assert job.spec().requested() == SwarmExecutor.supported_fields
+
+
+def test_network_none_is_refused_at_submission_unless_it_is_the_operators_default(settings):
+    from container_manager.models import ExecutorHost
+
+    host = ExecutorHost.objects.create(
+        name="swarm-none", connection_string="unix:///var/run/docker.sock", executor_type="swarm"
+    )
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "NETWORK_MODE": "none"}
+    assert submit(host=host, image="busybox").pk, "NETWORK_MODE's none: the engine's default"
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "NETWORK_MODE": None}
+    with pytest.raises(InvalidJobError, match="network: The swarm executor cannot honour network"):
+        submit(host=host, image="busybox", network="none")
+
+
+def test_the_attempt_records_that_swarm_sets_no_no_new_privileges():
+    spec = JobSpec("j", 1, "busybox")
+    assert spec.describe()["no_new_privileges"] is True
+    executor = SwarmExecutor({"docker_host": "unix:///var/run/docker.sock"})
+    assert executor.effective(spec).describe()["no_new_privileges"] is False
