@@ -241,9 +241,8 @@ class SwarmExecutor(DockerExecutor):
         return service_id
 
     def _existing_service(self, name: str, err: ExecutorError) -> str | None:
-        """After a name conflict, the service a previous try of this attempt created."""
-        text = str(err)
-        if "already exists" not in text and "name conflicts" not in text:
+        """After a name conflict (a 409), the service a previous try of this attempt created."""
+        if err.status_code != 409:
             return None
         return self.find_container(name)
 

@@ -227,10 +227,18 @@ def test_tls_settings_of_the_host_are_used(tmp_path):
 # ---- launching -------------------------------------------------------------------------------
 
 
+def _answer(status, message, explanation):
+    """An SDK error as the SDK makes it from an engine answer with ``status``."""
+    response = requests.Response()
+    response.status_code = status
+    return APIError(message, response=response, explanation=explanation)
+
+
 def test_run_again_finds_the_service_a_previous_try_created(sdk):
-    sdk.api.create_service.side_effect = APIError(
+    sdk.api.create_service.side_effect = _answer(
+        409,
         "409 Client Error for http+docker://localhost/v1.41/services/create: Conflict",
-        explanation="rpc error: code = AlreadyExists desc = name conflicts with an existing "
+        "rpc error: code = AlreadyExists desc = name conflicts with an existing "
         "object: service cm-job-1-2 already exists",
     )
     sdk.api.inspect_service.return_value = {"ID": "existing-service"}
@@ -241,8 +249,8 @@ def test_run_again_finds_the_service_a_previous_try_created(sdk):
 
 
 def test_a_conflict_whose_service_is_gone_again_raises_the_conflict(sdk):
-    sdk.api.create_service.side_effect = APIError(
-        "409 Conflict", explanation="service cm-job-1-2 already exists"
+    sdk.api.create_service.side_effect = _answer(
+        409, "409 Conflict", "service cm-job-1-2 already exists"
     )
     sdk.api.inspect_service.side_effect = _not_found()
 
