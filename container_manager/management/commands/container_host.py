@@ -2,18 +2,21 @@
 
     manage.py container_host add NAME --url unix:///var/run/docker.sock [--update] ...
     manage.py container_host list
+    manage.py container_host show NAME
     manage.py container_host check NAME | --all
     manage.py container_host remove NAME
     manage.py container_host drain NAME | undrain NAME
 
 ``add`` refuses a name that exists unless ``--update`` is given; with ``--update`` it
 creates the host or changes only the options given on the command line (an upsert, so
-scripts can run it again and again).
+scripts can run it again and again). Its policy options (``--allow-bind-prefix``,
+``--allow-network``, ``--default-network``, ``--allow-root``, ``--allow-privileged``,
+``--allow-capability``, ``--gpus``) say what jobs may ask for on the host; ``show`` prints
+them with the engine's capacity as the last health check read it.
 """
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any
 
@@ -23,23 +26,10 @@ from django.db.models import Count, ProtectedError, Q
 from django.utils import timezone
 
 from container_manager.health import check_host
-from container_manager.models import ExecutorHost, JobStatus, parse_labels
+from container_manager.management.host_options import TLS_FILES, add_host_arguments, host_changes
+from container_manager.models import ExecutorHost, JobStatus
+from container_manager.spec_text import host_capacity_text, host_policy_rows
 
-# Command-line option -> ExecutorHost field, for the options that map one to one.
-_FIELDS = {
-    "url": "connection_string",
-    "executor": "executor_type",
-    "max_concurrent": "max_concurrent_jobs",
-    "weight": "weight",
-    "pull": "auto_pull_images",
-    "tls": "tls_enabled",
-    "tls_verify": "tls_verify",
-    "tls_ca": "tls_ca_cert",
-    "tls_cert": "tls_client_cert",
-    "tls_key": "tls_client_key",
-    "active": "is_active",
-}
-_TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
 _ERROR_WIDTH = 80  # characters of the last health error shown by ``list``
 
 
@@ -52,62 +42,25 @@ def _when(moment: Any) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S") if moment else "-"
 
 
+def _tls_text(host: ExecutorHost) -> str:
+    if host.tls_enabled:
+        return "on" + ("" if host.tls_verify else " (certificate not verified)")
+    return "off (plain TCP allowed)" if host.insecure_tcp else "off"
+
+
 class Command(BaseCommand):
     help = "Register, list, health-check and remove the container engines jobs run on."
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
 
-        add = actions.add_parser("add", help="Register a host (or change one, with --update).")
-        add.add_argument("name", help="Unique name of the host, e.g. 'local'.")
-        add.add_argument(
-            "--url", help="Engine URL: unix:///var/run/docker.sock or tcp://host:2376."
-        )
-        add.add_argument(
-            "--executor", help="Executor alias from CONTAINER_MANAGER (default docker)."
-        )
-        add.add_argument(
-            "--max-concurrent", type=int, help="Jobs at once on this host (default 10)."
-        )
-        add.add_argument("--weight", type=int, help="Relative share of work, 1-1000 (default 100).")
-        add.add_argument(
-            "--pull",
-            action=argparse.BooleanOptionalAction,
-            help="Pull missing images (default on; --no-pull for local images only).",
-        )
-        add.add_argument(
-            "--tls", action=argparse.BooleanOptionalAction, help="Use TLS (tcp:// URLs only)."
-        )
-        add.add_argument("--tls-ca", metavar="PATH", help="CA certificate file.")
-        add.add_argument("--tls-cert", metavar="PATH", help="Client certificate file.")
-        add.add_argument("--tls-key", metavar="PATH", help="Client key file.")
-        add.add_argument(
-            "--tls-verify",
-            action=argparse.BooleanOptionalAction,
-            help="Verify the engine's certificate (default on).",
-        )
-        state = add.add_mutually_exclusive_group()
-        state.add_argument(
-            "--inactive", dest="active", action="store_const", const=False, help="Take no jobs."
-        )
-        state.add_argument(
-            "--active", dest="active", action="store_const", const=True, help="Take jobs (default)."
-        )
-        add.add_argument(
-            "--label",
-            action="append",
-            dest="labels",
-            metavar="NAME[=VALUE]",
-            help="Placement label (repeatable), e.g. --label gpu --label region=eu;"
-            " with --update the given labels replace the old ones.",
-        )
-        add.add_argument(
-            "--update",
-            action="store_true",
-            help="If the host exists, change the options given instead of failing.",
+        add_host_arguments(
+            actions.add_parser("add", help="Register a host (or change one, with --update).")
         )
 
         actions.add_parser("list", help="List hosts with their running jobs and last health check.")
+        show = actions.add_parser("show", help="A host's settings, policy and capacity.")
+        show.add_argument("name")
 
         check = actions.add_parser("check", help="Ask hosts' engines whether they answer.")
         which = check.add_mutually_exclusive_group(required=True)
@@ -128,12 +81,8 @@ class Command(BaseCommand):
     # ---- add ---------------------------------------------------------------------------
 
     def _add(self, options: dict[str, Any]) -> None:
-        given = {
-            field: options[option]
-            for option, field in _FIELDS.items()
-            if options.get(option) is not None
-        }
-        for option in _TLS_FILES:
+        given = host_changes(options)
+        for option in TLS_FILES:
             path = options.get(option)
             if path and not Path(path).is_file():
                 raise CommandError(f"--{option.replace('_', '-')}: no such file: {path}")
@@ -150,8 +99,6 @@ class Command(BaseCommand):
             host = ExecutorHost(name=options["name"])
         for field, value in given.items():
             setattr(host, field, value)
-        if options.get("labels") is not None:
-            host.labels = parse_labels(options["labels"])
         try:
             host.full_clean()
         except ValidationError as err:
@@ -165,6 +112,8 @@ class Command(BaseCommand):
             f"TLS {'on' if host.tls_enabled else 'off'}, "
             f"{'active' if host.is_active else 'inactive'})"
         )
+        policy = "; ".join(f"{label.lower()} {text}" for label, text in host_policy_rows(host))
+        self.stdout.write(f"  policy: {policy}")
 
     # ---- list --------------------------------------------------------------------------
 
@@ -212,6 +161,29 @@ class Command(BaseCommand):
             f"{state}, {host.health_check_failures} failed check(s)"
             f" (last {_when(host.last_health_check)}): {error}"
         )
+
+    # ---- show --------------------------------------------------------------------------
+
+    def _show(self, options: dict[str, Any]) -> None:
+        host = self._get_host(options["name"])
+        running = host.jobs.filter(status__in=JobStatus.active()).count()
+        labels = ", ".join(f"{k}={v}" for k, v in sorted(host.labels.items()))
+        rows = [
+            ("Host", host.name),
+            ("URL", host.connection_string),
+            ("Executor", host.executor_type),
+            ("State", "active" if host.is_active else "drained"),
+            ("Running", f"{running} of at most {host.max_concurrent_jobs}"),
+            ("Weight", str(host.weight)),
+            ("Labels", labels or "-"),
+            ("Pull images", "yes" if host.auto_pull_images else "no"),
+            ("TLS", _tls_text(host)),
+            ("Health", self._health_summary(host)),
+            ("Capacity", host_capacity_text(host)),
+            *host_policy_rows(host),
+        ]
+        for label, value in rows:
+            self.stdout.write(f"{label + ':':<14}{value}")
 
     # ---- check -------------------------------------------------------------------------
 

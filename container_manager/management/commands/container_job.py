@@ -1,12 +1,15 @@
 """``manage.py container_job``: submit, inspect, read the output of, cancel and list jobs.
 
     JOB=$(manage.py container_job submit --host local --image busybox:latest -- echo hi)
+    manage.py container_job submit --image app:1 --user 1000 --mount volume:data:/data \
+        --mount bind:/srv/in:/in:ro --network backend --secret-env TOKEN=env:API_TOKEN -- run
     manage.py container_job show $JOB
     manage.py container_job logs $JOB [--stdout | --stderr]
     manage.py container_job cancel $JOB
     manage.py container_job list [--status running] [--limit 20]
 
-``submit`` prints only the new job's id on stdout, so that shells can capture it.
+``submit`` prints only the new job's id on stdout, so that shells can capture it; its
+options are in :mod:`container_manager.management.job_options` (``submit --help``).
 """
 
 from __future__ import annotations
@@ -16,35 +19,24 @@ from typing import Any
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
-from django.utils.dateparse import parse_datetime
 
 from container_manager import queue
 from container_manager.environment import mask_environment
 from container_manager.exceptions import InvalidJobError
+from container_manager.management.job_options import add_submit_arguments, submit_keywords
 from container_manager.models import ContainerJob, JobStatus
+from container_manager.spec_text import job_spec_rows, recorded_spec_text
 
 
 def _when(moment: Any) -> str:
     return timezone.localtime(moment).strftime("%Y-%m-%d %H:%M:%S %Z") if moment else "-"
 
 
-def _environment_pairs(pairs: list[str]) -> dict[str, str]:
-    environment: dict[str, str] = {}
-    for pair in pairs:
-        name, sep, value = pair.partition("=")
-        if not sep or not name:
-            raise CommandError(f"--env {pair!r}: expected KEY=VALUE.")
-        if "\n" in value or "\r" in value:
-            raise CommandError(f"--env {name}: a value cannot contain a line break.")
-        environment[name] = value
-    return environment
-
-
 def _get_job(job_id: str) -> ContainerJob:
     try:
-        return ContainerJob.objects.select_related("docker_host", "environment_template").get(
-            pk=job_id
-        )
+        return ContainerJob.objects.select_related(
+            "docker_host", "environment_template", "registry_credential"
+        ).get(pk=job_id)
     except (ContainerJob.DoesNotExist, ValidationError) as err:
         raise CommandError(f"No job with id {job_id!r}.") from err
 
@@ -54,7 +46,7 @@ class Command(BaseCommand):
 
     def add_arguments(self, parser: CommandParser) -> None:
         actions = parser.add_subparsers(dest="action", metavar="ACTION", required=True)
-        self._add_submit_arguments(
+        add_submit_arguments(
             actions.add_parser(
                 "submit",
                 help="Queue a job; prints its id.",
@@ -79,86 +71,15 @@ class Command(BaseCommand):
         listing.add_argument("--host", help="Only jobs of this host (name).")
         listing.add_argument("--limit", type=int, default=20, help="At most this many (20).")
 
-    @staticmethod
-    def _add_submit_arguments(submit: CommandParser) -> None:
-        submit.add_argument(
-            "--host", help="Name of a registered host (none: the queue places the job)."
-        )
-        submit.add_argument(
-            "--label",
-            action="append",
-            default=[],
-            dest="labels",
-            metavar="NAME[=VALUE]",
-            help="A host label the job needs when placed (repeatable), e.g. --label gpu.",
-        )
-        submit.add_argument(
-            "--run-after",
-            metavar="ISO-TIME",
-            help="Not before this time, e.g. 2026-12-01T08:00:00+00:00.",
-        )
-        submit.add_argument("--image", required=True, help="Image reference, e.g. busybox:latest.")
-        submit.add_argument("--name", default="", help="A name to recognise the job by.")
-        submit.add_argument("--memory", type=int, metavar="MB", help="Memory limit in MB.")
-        submit.add_argument("--cpu", type=float, metavar="CORES", help="CPU limit in cores.")
-        submit.add_argument(
-            "--env",
-            action="append",
-            default=[],
-            metavar="KEY=VALUE",
-            help="An environment variable (repeatable); wins over the template's.",
-        )
-        submit.add_argument("--env-template", metavar="NAME", help="Environment template name.")
-        submit.add_argument(
-            "--timeout", type=int, metavar="S", help="Seconds before it is stopped."
-        )
-        submit.add_argument("--priority", type=int, default=0, help="Higher runs first (0).")
-        submit.add_argument("--max-retries", type=int, default=0, metavar="N", help="Retries (0).")
-        submit.add_argument(
-            "--retry-on-failure",
-            action="store_true",
-            help="Also retry when the command exits non-zero (not only when launching fails).",
-        )
-        submit.add_argument("--workdir", default="", metavar="/PATH", help="Working directory.")
-        submit.add_argument(
-            "command",
-            nargs="*",
-            metavar="-- COMMAND ARGS",
-            help="The command and its arguments (no shell; none: the image's default).",
-        )
-
     def handle(self, *args: Any, **options: Any) -> None:
         getattr(self, f"_{options['action']}")(options)
 
     # ---- submit ------------------------------------------------------------------------
 
     def _submit(self, options: dict[str, Any]) -> None:
-        run_after = None
-        if options["run_after"]:
-            run_after = parse_datetime(options["run_after"])
-            if run_after is None or timezone.is_naive(run_after):
-                raise CommandError(
-                    f"--run-after {options['run_after']!r}: give an ISO time with a time zone,"
-                    " e.g. 2026-12-01T08:00:00+00:00"
-                )
+        keywords = submit_keywords(options)
         try:
-            job = queue.submit(
-                host=options["host"],
-                labels=options["labels"],
-                run_after=run_after,
-                image=options["image"],
-                command=options["command"],
-                name=options["name"],
-                environment=_environment_pairs(options["env"]),
-                template=options["env_template"],
-                memory_limit=options["memory"],
-                cpu_limit=options["cpu"],
-                timeout_seconds=options["timeout"],
-                priority=options["priority"],
-                max_retries=options["max_retries"],
-                retry_on_failure=options["retry_on_failure"],
-                working_directory=options["workdir"],
-            )
+            job = queue.submit(**keywords)
         except InvalidJobError as err:
             raise CommandError(str(err)) from err
         if options["verbosity"] >= 2:
@@ -181,6 +102,7 @@ class Command(BaseCommand):
             ("Command", job.command or "(the image's default command)"),
             ("Working dir", job.working_directory or "-"),
             ("Limits", self._limits(job)),
+            *job_spec_rows(job),
             ("Priority", str(job.priority)),
             ("Attempts", f"{job.attempt_count} (retries allowed: {job.max_retries})"),
             ("Container", job.container_id or "-"),
@@ -205,6 +127,7 @@ class Command(BaseCommand):
                 f"started {_when(attempt.started_at)}"
                 + (f", error: {attempt.error}" if attempt.error else "")
             )
+            self.stdout.write(f"    ran with: {recorded_spec_text(attempt.spec)}")
 
     @staticmethod
     def _host(job: ContainerJob) -> str:

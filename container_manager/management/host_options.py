@@ -1,0 +1,154 @@
+"""The options of ``manage.py container_host add`` and the ExecutorHost fields they set.
+
+Only the options given are returned, so that ``add --update`` changes just those; the
+host's ``full_clean`` checks the values and names the field.
+"""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from django.core.management.base import CommandParser
+
+from container_manager.models import parse_labels
+
+__all__ = ["add_host_arguments", "host_changes"]
+
+# Command-line option -> ExecutorHost field, for the options that map one to one.
+_FIELDS = {
+    "url": "connection_string",
+    "executor": "executor_type",
+    "max_concurrent": "max_concurrent_jobs",
+    "weight": "weight",
+    "pull": "auto_pull_images",
+    "tls": "tls_enabled",
+    "insecure_tcp": "insecure_tcp",
+    "tls_verify": "tls_verify",
+    "tls_ca": "tls_ca_cert",
+    "tls_cert": "tls_client_cert",
+    "tls_key": "tls_client_key",
+    "active": "is_active",
+    "default_network": "default_network",
+    "allow_root": "allow_root",
+    "allow_privileged": "allow_privileged",
+    "gpus": "gpus",
+}
+# Repeatable options -> list fields; an empty value ('') clears the list.
+_LISTS = {
+    "allow_bind_prefix": "allowed_bind_prefixes",
+    "allow_network": "allowed_networks",
+    "allow_capability": "allowed_capabilities",
+}
+TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+
+
+def add_host_arguments(add: CommandParser) -> None:
+    """Every option of ``add``: the engine, TLS, placement, the policy."""
+    _add_engine_arguments(add)
+    _add_policy_arguments(add.add_argument_group("policy (what jobs may ask for on this host)"))
+    add.add_argument(
+        "--update",
+        action="store_true",
+        help="If the host exists, change the options given instead of failing.",
+    )
+
+
+def _add_engine_arguments(add: CommandParser) -> None:
+    arg = add.add_argument
+    arg("name", help="Unique name of the host, e.g. 'local'.")
+    arg("--url", help="Engine URL: unix:///var/run/docker.sock or tcp://host:2376.")
+    arg("--executor", help="Executor alias from CONTAINER_MANAGER (default docker).")
+    arg("--max-concurrent", type=int, help="Jobs at once on this host (default 10).")
+    arg("--weight", type=int, help="Relative share of work, 1-1000 (default 100).")
+    arg(
+        "--pull",
+        action=argparse.BooleanOptionalAction,
+        help="Pull missing images (default on; --no-pull for local images only).",
+    )
+    arg("--tls", action=argparse.BooleanOptionalAction, help="Use TLS (tcp:// URLs only).")
+    arg(
+        "--insecure-tcp",
+        action=argparse.BooleanOptionalAction,
+        help="Allow a tcp:// URL without TLS (jobs' environment crosses the network in the"
+        " clear; default off).",
+    )
+    arg("--tls-ca", metavar="PATH", help="CA certificate file.")
+    arg("--tls-cert", metavar="PATH", help="Client certificate file.")
+    arg("--tls-key", metavar="PATH", help="Client key file.")
+    arg(
+        "--tls-verify",
+        action=argparse.BooleanOptionalAction,
+        help="Verify the engine's certificate (default on).",
+    )
+    state = add.add_mutually_exclusive_group()
+    state.add_argument(
+        "--inactive", dest="active", action="store_const", const=False, help="Take no jobs."
+    )
+    state.add_argument(
+        "--active", dest="active", action="store_const", const=True, help="Take jobs (default)."
+    )
+    arg(
+        "--label",
+        action="append",
+        dest="labels",
+        metavar="NAME[=VALUE]",
+        help="Placement label (repeatable), e.g. --label gpu --label region=eu;"
+        " with --update the given labels replace the old ones.",
+    )
+
+
+def _add_policy_arguments(group: Any) -> None:
+    arg = group.add_argument
+    arg(
+        "--allow-bind-prefix",
+        action="append",
+        metavar="PATH",
+        help="A host path under which jobs may bind-mount (repeatable; default none: binds"
+        " refused). The paths given replace the old ones; '' clears them.",
+    )
+    arg(
+        "--allow-network",
+        action="append",
+        metavar="NAME",
+        help="A network jobs may name (repeatable; 'none' is always allowed)."
+        " The names given replace the old ones; '' clears them.",
+    )
+    arg(
+        "--default-network",
+        metavar="NAME",
+        help="Network of jobs that name none ('': the NETWORK_MODE setting).",
+    )
+    arg(
+        "--allow-root",
+        action=argparse.BooleanOptionalAction,
+        help="Jobs may run as user 0 (default: no).",
+    )
+    arg(
+        "--allow-privileged",
+        action=argparse.BooleanOptionalAction,
+        help="Jobs may run privileged (default: no).",
+    )
+    arg(
+        "--allow-capability",
+        action="append",
+        metavar="CAP",
+        help="A capability jobs may add, e.g. NET_ADMIN (repeatable; default none)."
+        " The names given replace the old ones; '' clears them.",
+    )
+    arg("--gpus", type=int, metavar="N", help="GPUs this host offers jobs (default 0).")
+
+
+def host_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """ExecutorHost field -> value, for the options given on the command line."""
+    changes = {
+        field: options[option]
+        for option, field in _FIELDS.items()
+        if options.get(option) is not None
+    }
+    for option, field in _LISTS.items():
+        if options.get(option) is not None:
+            changes[field] = [value for value in options[option] if value]
+    if options.get("labels") is not None:
+        changes["labels"] = parse_labels(options["labels"])
+    return changes
