@@ -280,6 +280,13 @@ class ExecutorHost(models.Model):
 
     class Meta:
         ordering: ClassVar = ["name"]
+        permissions: ClassVar = [
+            (
+                "trust_engine",
+                "Can point a host at an engine (that engine receives every placed job's"
+                " environment)",
+            )
+        ]
 
     def __str__(self) -> str:
         return f"{self.name} ({self.connection_string})"
@@ -527,6 +534,9 @@ class ContainerJob(models.Model):
     lease_expires_at = models.DateTimeField(null=True, blank=True)
     cancel_requested = models.BooleanField(default=False)
 
+    #: Who submitted the job: ``user:<username>`` (the admin), ``cli:<login>`` (the command
+    #: line), or what an API caller says (``submit(submitted_by=...)``).
+    submitted_by = models.CharField(max_length=200, blank=True, editable=False)
     created_at = models.DateTimeField(default=timezone.now, editable=False)
     started_at = models.DateTimeField(null=True, blank=True)
     completed_at = models.DateTimeField(null=True, blank=True)
