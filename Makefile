@@ -151,3 +151,13 @@ clean:
 
 distclean: clean
 	rm -rf $(VENV)
+
+# ---- test-matrix: unit + integration suites on Django 6.1/Python 3.13 and 6.0/3.12 (nox) ----
+
+.PHONY: test-matrix
+test-matrix: install
+	$(SAY) "test-matrix: engine and private registry"
+	@$(MAKE) --no-print-directory engine
+	@$(MAKE) --no-print-directory registry
+	$(SAY) "test-matrix: nox (noxfile.py): Django 6.1 on Python 3.13, Django 6.0 on Python 3.12"
+	@$(VENV)/bin/nox --no-color $(NOX_ARGS)
