@@ -8,3 +8,6 @@ class ContainerManagerConfig(AppConfig):
 
     def ready(self) -> None:
         from . import checks  # noqa: F401  (registers the system checks)
+        from .tasks import receivers
+
+        receivers.connect()  # the Tasks framework's task_started / task_finished

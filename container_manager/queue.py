@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import shlex
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -101,6 +102,7 @@ def submit(
     cap_add: Sequence[str] = (),
     cap_drop: Sequence[str] = (),
     privileged: bool = False,
+    job_id: uuid.UUID | None = None,
 ) -> ContainerJob:
     """Validate and queue a job; returns the saved job. Bad input raises InvalidJobError.
 
@@ -118,12 +120,16 @@ def submit(
     default: the one registered for the image's registry), ``gpus``, ``shm_size_mb``,
     ``pids_limit``, ``read_only_rootfs``, ``cap_add``, ``cap_drop``, ``privileged``. What the
     host's policy or executor does not allow is refused, naming the field.
+
+    ``job_id`` sets the new job's id (default: a fresh one), for a caller that must name
+    the job in its own command (the Tasks backend).
     """
     if isinstance(template, str):
         template = EnvironmentVariableTemplate.objects.filter(
             name=template
         ).first() or _no_template(template)
     job = ContainerJob(
+        id=job_id or uuid.uuid4(),
         docker_host=resolve_host(host) if host is not None else None,
         required_labels=dict(labels) if isinstance(labels, Mapping) else parse_labels(labels or []),
         name=name,
