@@ -1,10 +1,11 @@
-"""The admin: presentation only. Actions call the queue and health code; pages read the
-database and never call an engine while they render (only the "check now" action does)."""
+"""The admin: presentation only. Actions and the job form call the queue, and the host
+action the health code; pages read the database and never call an engine while they
+render (only the "check now" action does). Hosts, registry credentials and environment
+templates are in :mod:`container_manager.admin_hosts`."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from django import forms
@@ -16,27 +17,21 @@ from django.http import HttpRequest, HttpResponse, HttpResponseRedirect, JsonRes
 from django.shortcuts import get_object_or_404
 from django.template.response import TemplateResponse
 from django.urls import URLPattern, path, reverse
-from django.utils.formats import date_format
-from django.utils.html import format_html
+from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
-from django.utils.timezone import localtime
 
-from . import health, overview, queue
-from .environment import (
-    HIDDEN,
-    MASK,
-    format_environment,
-    mask_environment,
-    masked_text,
-    stored_as_text,
-    unmask,
-)
+from . import admin_hosts, overview, queue
+from .admin_fields import LinesField, PairsField, badge, seconds, short_time
+from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
-from .models import ContainerJob, EnvironmentVariableTemplate, ExecutorHost, JobAttempt, JobStatus
+from .models import ContainerJob, JobAttempt, JobStatus
 from .output import live_tail
+from .spec import SPEC_FIELDS
+from .spec_text import mount_text, recorded_spec_text, secrets_text
 
 if TYPE_CHECKING:
-    from django.contrib.admin.options import _FieldGroups
+    from django.contrib.admin.options import _FieldsetSpec
+    from django.forms import ModelForm
     from django_stubs_ext import WithAnnotations
 
     class _Tails(TypedDict):
@@ -45,36 +40,9 @@ if TYPE_CHECKING:
         output_length: int
 
 
-COLOURS = {
-    JobStatus.QUEUED: "#6c757d",
-    JobStatus.LAUNCHING: "#0b7285",
-    JobStatus.RUNNING: "#1c64d1",
-    JobStatus.COMPLETED: "#2b8a3e",
-    JobStatus.FAILED: "#c92a2a",
-    JobStatus.TIMEOUT: "#d9480f",
-    JobStatus.CANCELLED: "#6741d9",
-}
-BADGE = "color:#fff;padding:2px 9px;border-radius:9px;font-size:11px;white-space:nowrap;background:"
+__all__ = ["ContainerJobAdmin", "admin_hosts"]
+
 LIVE_TAIL = 64 * 1024  # characters of each stream the live view sends
-
-
-def badge(status: str) -> SafeString:
-    """A coloured badge for a job status."""
-    colour = COLOURS.get(JobStatus(status), "#444")
-    label = JobStatus(status).label
-    return format_html('<span class="cm-badge" data-status="{}" style="{}{}">{}</span>',
-                       status, BADGE, colour, label)  # fmt: skip
-
-
-def seconds(value: float | None) -> str:
-    if value is None:
-        return "—"
-    minutes, secs = divmod(value, 60)
-    return f"{int(minutes)} min {secs:.0f} s" if minutes else f"{secs:.1f} s"
-
-
-def short_time(value: datetime | None) -> str:
-    return date_format(localtime(value), "M j, H:i:s") if value else "—"
 
 
 def live_text(job: ContainerJob) -> dict[str, str]:
@@ -102,7 +70,7 @@ class JobAttemptInline(admin.TabularInline):
     extra = 0
     can_delete = False
     fields = readonly_fields = ("number", "status", "host", "worker_id", "container_name",
-        "exit_code", "oom_killed", "error", "started_at", "finished_at")  # fmt: skip
+        "exit_code", "oom_killed", "error", "started_at", "finished_at", "ran_with")  # fmt: skip
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[JobAttempt]:
         return super().get_queryset(request).select_related("host")
@@ -116,6 +84,68 @@ class JobAttemptInline(admin.TabularInline):
     def has_view_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         perms = ("container_manager.view_containerjob", "container_manager.change_containerjob")
         return any(request.user.has_perm(p) for p in perms)
+
+    @admin.display(description="ran with (secrets by name)")
+    def ran_with(self, obj: JobAttempt) -> SafeString:
+        return format_html('<code class="cm-spec">{}</code>', recorded_spec_text(obj.spec))
+
+
+#: The fields of a new job, submitted from the admin.
+ADD_FIELDSETS: _FieldsetSpec = (
+    (None, {"fields": ("name", "docker_host", "required_labels", "docker_image", "command",
+                       "working_directory")}),
+    ("Environment", {"fields": ("environment_template", "override_environment")}),
+    ("Container spec", {"fields": ("entrypoint", "user", "mounts", "network",
+        "secret_environment", "registry_credential", "gpus", "shm_size_mb", "pids_limit",
+        "read_only_rootfs", "cap_add", "cap_drop", "privileged")}),
+    ("Limits and retries", {"fields": ("memory_limit", "cpu_limit", "timeout_seconds",
+        "priority", "max_retries", "retry_on_failure", "run_after")}),
+)  # fmt: skip
+
+
+class ContainerJobAddForm(forms.ModelForm):
+    """A new job: the spec's lists one entry per line. The model's ``clean`` validates it
+    against its host's policy and executor; saving submits it through the queue."""
+
+    entrypoint = LinesField(help_text="Replaces the image's entrypoint: one argument per line.")
+    mounts = LinesField(
+        render=mount_text,
+        help_text="One per line: volume:NAME:/target[:ro], bind:/host/path:/target[:ro|:rw]"
+        " (read-only unless :rw; only under the host's allowed prefixes), tmpfs:/target:SIZE_MB.",
+    )
+    secret_environment = PairsField(
+        expected="NAME=env:VARIABLE or NAME=file:/path",
+        help_text="NAME=env:VARIABLE or NAME=file:/path, one per line: references the worker"
+        " reads at launch, never the secret itself.",
+    )
+    cap_add = LinesField(label="Capabilities to add", help_text="One per line, e.g. NET_ADMIN.")
+    cap_drop = LinesField(label="Capabilities to drop", help_text="One per line, e.g. ALL.")
+
+    class Meta:
+        model = ContainerJob
+        fields = tuple(cast(str, f) for _, o in ADD_FIELDSETS for f in o["fields"])
+
+
+def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
+    """The keywords of ``queue.submit`` for an unsaved job built by the add form."""
+    return {
+        "host": job.docker_host if job.docker_host_id is not None else None,
+        "labels": job.required_labels,
+        "image": job.docker_image,
+        "command": job.command,
+        "name": job.name,
+        "environment": job.override_environment,
+        "template": job.environment_template if job.environment_template_id else None,
+        "memory_limit": job.memory_limit,
+        "cpu_limit": job.cpu_limit,
+        "timeout_seconds": job.timeout_seconds,
+        "priority": job.priority,
+        "max_retries": job.max_retries,
+        "retry_on_failure": job.retry_on_failure,
+        "run_after": job.run_after,
+        "working_directory": job.working_directory,
+        **{name: getattr(job, name) for name in SPEC_FIELDS},
+    }
 
 
 @admin.register(ContainerJob)
@@ -135,6 +165,9 @@ class ContainerJobAdmin(admin.ModelAdmin):
                                 "duration_display", "attempts_display")}),
         ("Output", {"fields": ("stdout_display", "stderr_display")}),
         ("Environment", {"fields": ("environment_template", "environment_display")}),
+        ("Container spec", {"fields": ("entrypoint", "user", "mounts_display", "network",
+            "secrets_display", "registry_credential", "gpus", "shm_size_mb", "pids_limit",
+            "read_only_rootfs", "cap_add", "cap_drop", "privileged")}),
         ("Placement, limits and retries", {"classes": ("collapse",), "fields": (
             "required_labels", "auto_placed", "placement_reason", "memory_limit", "cpu_limit",
             "timeout_seconds", "priority", "max_retries", "retry_on_failure", "run_after")}),
@@ -144,6 +177,8 @@ class ContainerJobAdmin(admin.ModelAdmin):
     )  # fmt: skip
     # Every fieldset above lists plain field names (no grouped rows).
     readonly_fields = tuple(cast(str, f) for _, o in fieldsets for f in o["fields"])
+    add_form = ContainerJobAddForm
+    add_fieldsets = ADD_FIELDSETS
 
     exit_code_display = _live_field("cm-exit-code", "exit code")
     last_error_display = _live_field("cm-last-error", "last error")
@@ -155,8 +190,29 @@ class ContainerJobAdmin(admin.ModelAdmin):
     def get_queryset(self, request: HttpRequest) -> QuerySet[ContainerJob]:
         return super().get_queryset(request).defer("stdout_log", "stderr_log")
 
-    def has_add_permission(self, request: HttpRequest) -> bool:
-        return False  # jobs are submitted with queue.submit or `manage.py container_job`
+    # ---- adding: a form whose save submits the job through the queue ----------------------
+
+    def get_fieldsets(self, request: HttpRequest, obj: Any = None) -> _FieldsetSpec:
+        return self.fieldsets if obj is not None else self.add_fieldsets
+
+    def get_readonly_fields(self, request: HttpRequest, obj: Any = None) -> Any:
+        return self.readonly_fields if obj is not None else ()
+
+    def get_inlines(self, request: HttpRequest, obj: Any) -> Any:
+        return self.inlines if obj is not None else ()
+
+    def get_form(
+        self, request: HttpRequest, obj: Any = None, change: bool = False, **kwargs: Any
+    ) -> type[ModelForm[ContainerJob]]:
+        if obj is None:
+            kwargs["form"] = self.add_form
+        return super().get_form(request, obj, change, **kwargs)
+
+    def save_model(self, request: HttpRequest, obj: ContainerJob, form: Any, change: bool) -> None:
+        if change:  # the job page is read-only: nothing of a submitted job is edited here
+            return
+        job = queue.submit(**_submit_keywords(obj))
+        obj.pk, obj._state = job.pk, job._state  # the log entry and message name the new job
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         held = obj is not None and obj.status in JobStatus.active()  # cancel it first
@@ -197,6 +253,22 @@ class ContainerJobAdmin(admin.ModelAdmin):
     @admin.display(description="stderr")
     def stderr_display(self, obj: ContainerJob) -> SafeString:
         return self._log("stderr", obj.stderr_log, obj.stderr_truncated)
+
+    @admin.display(description="mounts")
+    def mounts_display(self, obj: ContainerJob) -> SafeString:
+        mounts = obj.mounts if isinstance(obj.mounts, list) else []
+        return self._lines("cm-mounts", [mount_text(m) for m in mounts])
+
+    @admin.display(description="secret environment (references, read by the worker)")
+    def secrets_display(self, obj: ContainerJob) -> SafeString:
+        return self._lines("cm-secrets", secrets_text(obj.secret_environment or {}))
+
+    @staticmethod
+    def _lines(element: str, lines: list[str]) -> SafeString:
+        if not lines:
+            return format_html("{}", "—")
+        rows = format_html_join("\n", "{}", ((line,) for line in lines))
+        return format_html('<pre id="{}" class="cm-env">{}</pre>', element, rows)
 
     @admin.display(description="environment (merged, secrets masked)")
     def environment_display(self, obj: ContainerJob) -> SafeString:
@@ -318,93 +390,3 @@ class ContainerJobAdmin(admin.ModelAdmin):
             self.log_change(request, job, f"Requeued from the admin as job {copy.pk}.")
             self.log_addition(request, copy, f"Copy of job {job.pk}, from the admin.")
         return self._report(request, copies, "copied and queued", len(jobs))
-
-
-@admin.register(ExecutorHost)
-class ExecutorHostAdmin(admin.ModelAdmin):
-    list_display = ("name", "connection_string", "health", "last_check", "load", "weight")
-    list_filter = ("is_active", "executor_type")
-    search_fields = ("name", "connection_string")
-    actions = ("check_now",)
-    readonly_fields = ("health", "load", "last_health_check", "last_healthy_at",
-                       "health_check_failures", "last_health_error", "created_at")  # fmt: skip
-    fieldsets = (
-        (None, {"fields": ("name", "connection_string", "executor_type", "is_active", "labels",
-                           "auto_pull_images")}),
-        ("TLS", {"description": "Paths of files on the worker machines; never read here.",
-                 "fields": ("tls_enabled", "tls_verify", "tls_ca_cert", "tls_client_cert",
-                            "tls_client_key")}),
-        ("Capacity", {"fields": ("max_concurrent_jobs", "weight", "load")}),
-        ("Health (as last checked)", {"fields": ("health", "last_health_check", "last_healthy_at",
-                                                 "health_check_failures", "last_health_error")}),
-    )  # fmt: skip
-
-    def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutorHost]:
-        return overview.with_load(super().get_queryset(request))
-
-    @admin.display(description="health", ordering="health_check_failures")
-    def health(self, obj: ExecutorHost) -> SafeString:
-        colour, word = ("#2b8a3e", "healthy") if obj.is_healthy else ("#c92a2a", "unhealthy")
-        failures = obj.health_check_failures
-        note = f" {failures} failed check{'s' if failures > 1 else ''} in a row" if failures else ""
-        note += "" if obj.is_active else " (inactive: takes no new jobs)"
-        return format_html('<span class="cm-badge" style="{}{}">{}</span>{}', BADGE, colour, word,
-                           note)  # fmt: skip
-
-    @admin.display(description="last check", ordering="last_health_check")
-    def last_check(self, obj: ExecutorHost) -> str:
-        return short_time(obj.last_health_check)
-
-    @admin.display(description="running / capacity")
-    def load(self, obj: ExecutorHost) -> str:
-        running = getattr(obj, "running", None)
-        return f"{'?' if running is None else running} / {obj.max_concurrent_jobs}"
-
-    @admin.action(permissions=["change"], description="Check now (ping the engines)")
-    def check_now(self, request: HttpRequest, hosts: QuerySet[ExecutorHost]) -> None:
-        for host in hosts:
-            healthy, detail = health.check_host(host)
-            word = "healthy" if healthy else "unhealthy"
-            self.log_change(request, host, f"Health check from the admin: {word} ({detail}).")
-            level = messages.SUCCESS if healthy else messages.WARNING
-            self.message_user(request, f"{host.name}: {word} ({detail})", level)
-
-
-class EnvironmentTemplateForm(forms.ModelForm):
-    """Shows secret-looking values masked; a value left masked keeps the stored secret."""
-
-    class Meta:
-        model = EnvironmentVariableTemplate
-        fields = ("name", "description", "environment_variables")
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        stored = self.instance.environment_variables
-        if self.instance.pk and masked_text(stored) != stored_as_text(stored):
-            self.initial["environment_variables"] = masked_text(stored)
-        if field := self.fields.get("environment_variables"):
-            field.help_text = f"KEY=VALUE, one per line. {MASK} keeps the stored secret."
-
-    def clean_environment_variables(self) -> str:
-        stored = self.instance.environment_variables if self.instance.pk else ""
-        try:
-            return unmask(self.cleaned_data["environment_variables"], stored)
-        except InvalidJobError as err:
-            raise forms.ValidationError(str(err)) from err
-
-
-@admin.register(EnvironmentVariableTemplate)
-class EnvironmentVariableTemplateAdmin(admin.ModelAdmin):
-    form = EnvironmentTemplateForm
-    list_display = ("name", "description", "variables", "created_at")
-    search_fields = ("name", "description")
-    readonly_fields = ("variables", "created_at")
-
-    def get_fields(self, request: HttpRequest, obj: Any = None) -> _FieldGroups:
-        can_edit = obj is None or self.has_change_permission(request, obj)
-        return ["name", "description", "environment_variables" if can_edit else "variables",
-                "created_at"]  # fmt: skip
-
-    @admin.display(description="variables (secrets masked)")
-    def variables(self, obj: EnvironmentVariableTemplate) -> SafeString:
-        return format_html('<pre class="cm-env">{}</pre>', masked_text(obj.environment_variables))
