@@ -19,6 +19,7 @@ import subprocess
 from pathlib import Path
 
 import nox
+from nox.command import CommandFailed
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
@@ -68,12 +69,17 @@ def _warning_flags(session: nox.Session) -> list[str]:
     return flags
 
 
-def _run_suites(session: nox.Session, db_env: dict[str, str], label: str) -> None:
+def _run_suites(session: nox.Session, db_env: dict[str, str], label: str) -> bool:
+    """Whether the suites passed on this database (the next database runs either way)."""
     session.log(f"pytest {' '.join(SUITES)} on {label}")
-    session.run(
-        "python", "-m", "pytest", "-p", "no:cacheprovider", *_warning_flags(session),
-        *SUITES, *session.posargs, env=db_env,
-    )  # fmt: skip
+    try:
+        session.run(
+            "python", "-m", "pytest", "-p", "no:cacheprovider", *_warning_flags(session),
+            *SUITES, *session.posargs, env=db_env,
+        )  # fmt: skip
+    except CommandFailed:
+        return False
+    return True
 
 
 def _matrix_session(name: str, python: str, django: str) -> None:
@@ -87,8 +93,16 @@ def _matrix_session(name: str, python: str, django: str) -> None:
         )
         db = "cm_" + name.replace("-", "_")
         # SQLite: the demo settings name the test file after the pytest process (cm-test-<pid>).
-        _run_suites(session, {"DATABASE_URL": ""}, "SQLite")
-        _run_suites(session, {"DATABASE_URL": f"{PG}/{db}"}, f"PostgreSQL ({db})")
+        failed = [
+            label
+            for env, label in (
+                ({"DATABASE_URL": ""}, "SQLite"),
+                ({"DATABASE_URL": f"{PG}/{db}"}, f"PostgreSQL ({db})"),
+            )
+            if not _run_suites(session, env, label)
+        ]
+        if failed:
+            session.error(f"the suites failed on {' and '.join(failed)}")
 
 
 for _name, _python, _django in MATRIX:
