@@ -119,6 +119,19 @@ def _suite() -> str:
     return suite
 
 
+def _ensure_debootstrap() -> None:
+    """debootstrap, installed from Debian's packages when missing (as root, like the
+    Makefile's busybox-static); otherwise skipped locally, a failure under CI."""
+    if shutil.which("debootstrap") is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        install = ["apt-get", "install", "-y", "-qq", "debootstrap"]
+        if subprocess.run(install, env=env, capture_output=True, check=False).returncode:
+            subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=False)
+            subprocess.run(install, env=env, capture_output=True, check=False)
+    if shutil.which("debootstrap") is None:
+        _require("debootstrap is not installed (apt-get install debootstrap)")
+
+
 def _base_image(client, suite: str) -> str:
     """``container-jobs/debian-python:<suite>``: debootstrap's minbase with python3."""
     import docker
@@ -131,8 +144,7 @@ def _base_image(client, suite: str) -> str:
         pass
     tarball = CACHE / f"debian-{suite}-minbase-python3.tar"
     if not tarball.exists():
-        if shutil.which("debootstrap") is None:
-            _require("debootstrap is not installed (apt-get install debootstrap)")
+        _ensure_debootstrap()
         CACHE.mkdir(parents=True, exist_ok=True)
         rootfs = CACHE / f"rootfs-{suite}.tmp"
         shutil.rmtree(rootfs, ignore_errors=True)
@@ -180,7 +192,8 @@ def _app_image(client, base: str) -> str:
                 digest.update(str(sub.relative_to(ROOT)).encode() + sub.read_bytes())
         else:
             digest.update(name.encode() + path.read_bytes())
-    tag = f"container-jobs/tasks-e2e:{digest.hexdigest()[:16]}"
+    suite = base.rpartition(":")[2]  # one repository per suite: builds of one replace its own
+    tag = f"container-jobs/tasks-e2e-{suite}:{digest.hexdigest()[:16]}"
     import docker
 
     try:
@@ -213,6 +226,10 @@ def _app_image(client, base: str) -> str:
     client.images.build(
         fileobj=context, custom_context=True, tag=tag, rm=True, pull=False, network_mode="none"
     )
+    for image in client.images.list(name=tag.partition(":")[0]):  # earlier builds' tags
+        for old in image.tags:
+            if old != tag and old.startswith(tag.partition(":")[0] + ":"):
+                client.images.remove(old)
     return tag
 
 
