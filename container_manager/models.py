@@ -43,8 +43,8 @@ from .spec import (
     JobSpec,
     RegistryAuth,
     container_name,
+    image_reference_problem,
     image_registry,
-    is_image_reference,
     parse_capabilities,
     parse_entrypoint,
     parse_mounts,
@@ -92,13 +92,8 @@ class JobStatus(models.TextChoices):
 
 def validate_image_reference(value: str) -> None:
     """Reject an empty or malformed image reference."""
-    if not value or not value.strip():
-        raise ValidationError("An image is required (for example 'busybox:latest').")
-    if not is_image_reference(value):
-        raise ValidationError(
-            f"{value!r} is not a valid image reference: expected"
-            " [registry/]name[:tag][@sha256:digest] with a lower-case name."
-        )
+    if problem := image_reference_problem(value):
+        raise ValidationError(problem)
 
 
 def validate_engine_url(value: str) -> None:

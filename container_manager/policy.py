@@ -7,20 +7,15 @@ Messages name the field and the host, never a secret value.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from .conf import get_settings
 from .exceptions import ConfigurationError, InvalidJobError
 from .executors import executor_class
-from .spec import JobSpec, parse_capabilities, parse_user
-
-if TYPE_CHECKING:
-    from .models import ExecutorHost
+from .spec import JobSpec, PolicyHost, parse_capabilities, parse_user
 
 __all__ = ["refusal_text", "refusals"]
 
 
-def refusals(spec: JobSpec, host: ExecutorHost) -> dict[str, str]:
+def refusals(spec: JobSpec, host: PolicyHost) -> dict[str, str]:
     """Field -> why ``host`` cannot run ``spec`` (empty when it can)."""
     try:
         executor = executor_class(host.executor_type)
@@ -42,7 +37,7 @@ def refusal_text(errors: dict[str, str]) -> str:
     return "; ".join(f"{name}: {problem}" for name, problem in sorted(errors.items()))
 
 
-def _user(spec: JobSpec, host: ExecutorHost) -> str:
+def _user(spec: JobSpec, host: PolicyHost) -> str:
     try:
         ids = parse_user(spec.user)
     except InvalidJobError as err:
@@ -52,7 +47,7 @@ def _user(spec: JobSpec, host: ExecutorHost) -> str:
     return ""
 
 
-def _mounts(spec: JobSpec, host: ExecutorHost) -> str:
+def _mounts(spec: JobSpec, host: PolicyHost) -> str:
     binds = [m for m in spec.mounts if m.type == "bind"]
     if binds and not host.allowed_bind_prefixes:
         return f"Host {host.name} allows no bind mounts."
@@ -62,7 +57,7 @@ def _mounts(spec: JobSpec, host: ExecutorHost) -> str:
     return ""
 
 
-def _network(spec: JobSpec, host: ExecutorHost) -> str:
+def _network(spec: JobSpec, host: PolicyHost) -> str:
     network = spec.network_mode
     if not network or network == get_settings().NETWORK_MODE or host.allows_network(network):
         return ""
@@ -70,7 +65,7 @@ def _network(spec: JobSpec, host: ExecutorHost) -> str:
     return f"Host {host.name} does not allow that network (allowed: {allowed})."
 
 
-def _cap_add(spec: JobSpec, host: ExecutorHost) -> str:
+def _cap_add(spec: JobSpec, host: PolicyHost) -> str:
     extra = set(spec.cap_add) - set(parse_capabilities(host.allowed_capabilities))
     if extra:
         return (
@@ -80,26 +75,26 @@ def _cap_add(spec: JobSpec, host: ExecutorHost) -> str:
     return ""
 
 
-def _privileged(spec: JobSpec, host: ExecutorHost) -> str:
+def _privileged(spec: JobSpec, host: PolicyHost) -> str:
     if spec.privileged and not host.allow_privileged:
         return f"Host {host.name} does not allow privileged jobs."
     return ""
 
 
-def _gpus(spec: JobSpec, host: ExecutorHost) -> str:
+def _gpus(spec: JobSpec, host: PolicyHost) -> str:
     if spec.gpus and spec.gpus > host.gpus:
         have = f"declares {host.gpus} GPUs" if host.gpus else "declares no GPUs"
         return f"Host {host.name} {have}."
     return ""
 
 
-def _cpu(spec: JobSpec, host: ExecutorHost) -> str:
+def _cpu(spec: JobSpec, host: PolicyHost) -> str:
     if spec.cpu_limit and host.cpu_capacity and spec.cpu_limit > host.cpu_capacity:
         return f"Host {host.name} has {host.cpu_capacity:g} CPUs."
     return ""
 
 
-def _memory(spec: JobSpec, host: ExecutorHost) -> str:
+def _memory(spec: JobSpec, host: PolicyHost) -> str:
     capacity = host.memory_capacity_mb
     if spec.memory_limit_mb and capacity and spec.memory_limit_mb > capacity:
         return f"Host {host.name} has {capacity} MB of memory."

@@ -11,7 +11,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 from .exceptions import InvalidJobError
 
@@ -20,8 +20,11 @@ __all__ = [
     "LABEL_JOB",
     "LABEL_MANAGED",
     "SPEC_FIELDS",
+    "EngineHost",
+    "JobSource",
     "JobSpec",
     "Mount",
+    "PolicyHost",
     "RegistryAuth",
     "container_name",
     "image_registry",
@@ -84,6 +87,18 @@ def image_registry(image: str) -> str:
 def is_image_reference(value: str) -> bool:
     """Whether ``value`` is a well-formed image reference."""
     return len(value) <= 500 and _IMAGE_REF.fullmatch(value) is not None
+
+
+def image_reference_problem(value: str) -> str:
+    """What is wrong with an image reference ('' when nothing is)."""
+    if not value or not value.strip():
+        return "An image is required (for example 'busybox:latest')."
+    if not is_image_reference(value):
+        return (
+            f"{value[:100]!r} is not a valid image reference: expected"
+            " [registry/]name[:tag][@sha256:digest] with a lower-case name."
+        )
+    return ""
 
 
 @dataclass(frozen=True)
@@ -387,3 +402,62 @@ class JobSpec:
             "init": self.init,
             "placement_constraints": self.placement_constraints,
         }
+
+
+class EngineHost(Protocol):
+    """What an executor reads of a host (an ``ExecutorHost`` row is one): its engine and how
+    to reach it. A protocol, so that executors need not import the models."""
+
+    @property
+    def pk(self) -> Any: ...
+    @property
+    def name(self) -> str: ...
+    @property
+    def connection_string(self) -> str: ...
+    @property
+    def executor_type(self) -> str: ...
+    @property
+    def tls_enabled(self) -> bool: ...
+    @property
+    def tls_verify(self) -> bool: ...
+    @property
+    def tls_ca_cert(self) -> str: ...
+    @property
+    def tls_client_cert(self) -> str: ...
+    @property
+    def tls_client_key(self) -> str: ...
+    @property
+    def auto_pull_images(self) -> bool: ...
+    @property
+    def insecure_tcp(self) -> bool: ...
+
+
+class PolicyHost(EngineHost, Protocol):
+    """What the host policy reads of a host (an ``ExecutorHost`` row is one)."""
+
+    @property
+    def allow_root(self) -> bool: ...
+    @property
+    def allow_privileged(self) -> bool: ...
+    @property
+    def allowed_bind_prefixes(self) -> Any: ...
+    @property
+    def allowed_networks(self) -> Any: ...
+    @property
+    def allowed_capabilities(self) -> Any: ...
+    @property
+    def gpus(self) -> int: ...
+    @property
+    def cpu_capacity(self) -> float | None: ...
+    @property
+    def memory_capacity_mb(self) -> int | None: ...
+    def allows_bind(self, source: str) -> bool: ...
+    def allows_network(self, network: str) -> bool: ...
+
+
+class JobSource(Protocol):
+    """What the seed-compatible executor methods read of a job (a ``ContainerJob`` is one)."""
+
+    @property
+    def docker_image(self) -> str: ...
+    def resolved_spec(self, attempt: int | None = None) -> JobSpec: ...

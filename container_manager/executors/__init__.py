@@ -7,16 +7,14 @@ client per host per process), built lazily and without touching the engine.
 from __future__ import annotations
 
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from django.utils.module_loading import import_string
 
 from ..conf import get_settings
 from ..exceptions import ConfigurationError, UnknownExecutorError
+from ..spec import EngineHost
 from .base import BaseExecutor, ContainerState, JobSpec, container_name
-
-if TYPE_CHECKING:
-    from ..models import ExecutorHost
 
 __all__ = [
     "BaseExecutor",
@@ -66,7 +64,7 @@ def executor_class(alias: str) -> type[BaseExecutor]:
     return cls
 
 
-def executor_cache_key(host: ExecutorHost) -> tuple[Any, ...]:
+def executor_cache_key(host: EngineHost) -> tuple[Any, ...]:
     """The host's identity and every setting its executor is built from: an executor is
     reused while this stays the same."""
     return (
@@ -82,7 +80,7 @@ def executor_cache_key(host: ExecutorHost) -> tuple[Any, ...]:
     )
 
 
-def get_executor(host: ExecutorHost, *, pool_size: int | None = None) -> BaseExecutor:
+def get_executor(host: EngineHost, *, pool_size: int | None = None) -> BaseExecutor:
     """This process's executor for ``host``; rebuilt only when the host's connection changes."""
     key = executor_cache_key(host)
     with _lock:

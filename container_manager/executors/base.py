@@ -13,7 +13,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from typing import TYPE_CHECKING, Any, ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
 from ..exceptions import ConfigurationError, ContainerManagerError
 from ..spec import (
@@ -21,12 +21,11 @@ from ..spec import (
     LABEL_JOB,
     LABEL_MANAGED,
     SPEC_FIELDS,
+    EngineHost,
+    JobSource,
     JobSpec,
     container_name,
 )
-
-if TYPE_CHECKING:
-    from ..models import ContainerJob, ExecutorHost
 
 __all__ = [
     "LABEL_ATTEMPT",
@@ -92,7 +91,7 @@ class BaseExecutor(ABC):
     supported_fields: ClassVar[frozenset[str]] = frozenset()
 
     @classmethod
-    def validate_host(cls, host: ExecutorHost) -> dict[str, str]:
+    def validate_host(cls, host: EngineHost) -> dict[str, str]:
         """Field -> problem of the host options this executor reads (engine URL, TLS)."""
         errors: dict[str, str] = {}
         url = host.connection_string or ""
@@ -143,7 +142,7 @@ class BaseExecutor(ABC):
         ):
             if not target.connection_string:
                 raise ConfigurationError(f"Host {target.name!r} has no engine URL")
-            self.host: ExecutorHost | None = target
+            self.host: EngineHost | None = target
             self.base_url: str = target.connection_string
         elif isinstance(target, str) and target:
             self.host = None
@@ -253,7 +252,7 @@ class BaseExecutor(ABC):
 
     # ---- seed-compatible conveniences -------------------------------------------------
 
-    def launch_job(self, job: ContainerJob) -> tuple[bool, str]:
+    def launch_job(self, job: JobSource) -> tuple[bool, str]:
         """Launch ``job``: ``(True, container_id)`` or ``(False, message)``."""
         try:
             return True, self.run(JobSpec.from_job(job))

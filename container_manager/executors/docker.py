@@ -32,13 +32,19 @@ from ..exceptions import (
     ImageUnavailableError,
     SpecRefusedError,
 )
-from ..spec import SPEC_FIELDS, Mount, RegistryAuth, image_registry
+from ..spec import (
+    SPEC_FIELDS,
+    JobSource,
+    Mount,
+    RegistryAuth,
+    image_reference_problem,
+    image_registry,
+)
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
 
 if TYPE_CHECKING:
     from docker.models.containers import Container
 
-    from ..models import ContainerJob
 
 __all__ = ["DockerExecutor"]
 
@@ -276,20 +282,16 @@ class DockerExecutor(BaseExecutor):
 
     # ---- launching ----------------------------------------------------------------
 
-    def _validate_job(self, job: ContainerJob) -> None:
+    def _validate_job(self, job: JobSource) -> None:
         """Raise ExecutorError when ``job`` cannot be run as given."""
-        from django.core.exceptions import ValidationError
-
-        from ..models import validate_image_reference
-
+        if problem := image_reference_problem(job.docker_image):
+            raise ExecutorError(f"Invalid job: {problem}")
         try:
-            validate_image_reference(job.docker_image)
             JobSpec.from_job(job)
-        except (ValidationError, ContainerManagerError) as err:
-            message = " ".join(err.messages) if isinstance(err, ValidationError) else str(err)
-            raise ExecutorError(f"Invalid job: {message}") from err
+        except ContainerManagerError as err:
+            raise ExecutorError(f"Invalid job: {err}") from err
 
-    def launch_job(self, job: ContainerJob) -> tuple[bool, str]:
+    def launch_job(self, job: JobSource) -> tuple[bool, str]:
         """``(True, container_id)`` or ``(False, message with the engine's error)``."""
         try:
             self._validate_job(job)
@@ -297,14 +299,14 @@ class DockerExecutor(BaseExecutor):
         except ContainerManagerError as err:
             return False, str(err)
 
-    def _create_container(self, job: ContainerJob) -> str:
+    def _create_container(self, job: JobSource) -> str:
         return self.create(JobSpec.from_job(job))
 
-    def create_container(self, job: ContainerJob) -> str:
+    def create_container(self, job: JobSource) -> str:
         """Create (not start) the job's container; its id."""
         return self._create_container(job)
 
-    def _start_container(self, job: ContainerJob, container_id: str) -> bool:
+    def _start_container(self, job: JobSource, container_id: str) -> bool:
         """Start a created container; True, or ExecutorError."""
         with self._engine(f"Start container {container_id}"):
             self.client.containers.get(container_id).start()

@@ -27,6 +27,7 @@ from ..exceptions import (
     ExecutorError,
     ImageUnavailableError,
 )
+from ..spec import image_reference_problem
 from .base import LABEL_MANAGED, SPEC_FIELDS, BaseExecutor, ContainerState, JobSpec, Stream
 
 __all__ = ["FakeContainer", "FakeEngine", "FakeExecutor", "FakeOutcome"]
@@ -173,17 +174,12 @@ class FakeExecutor(BaseExecutor):
             return container.id
 
     def _create(self, spec: JobSpec) -> FakeContainer:
-        from django.core.exceptions import ValidationError
-
-        from ..models import validate_image_reference
-
-        try:
-            validate_image_reference(spec.image)
-        except ValidationError as err:
+        if image_reference_problem(spec.image):
             # What a real engine answers (400) for a malformed reference.
             raise ExecutorError(
-                f"Create container for image {spec.image!r}: invalid reference format"
-            ) from err
+                f"Create container for image {spec.image!r}: invalid reference format",
+                status_code=400,
+            )
         if spec.image in self.engine.missing_images:
             raise ImageUnavailableError(
                 f"Image {spec.image!r} is not on the host and cannot be pulled"

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterator
 from contextlib import suppress
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 from docker.types import (
     Placement,
@@ -61,12 +61,10 @@ from ..exceptions import (
     ImageUnavailableError,
     PermanentLaunchError,
 )
+from ..spec import JobSource
 from . import swarm_spec
 from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream
 from .docker import DockerExecutor, _parse_time
-
-if TYPE_CHECKING:
-    from ..models import ContainerJob
 
 __all__ = ["SwarmExecutor", "swarm_constraint"]
 
@@ -270,10 +268,10 @@ class SwarmExecutor(DockerExecutor):
         """A service is scheduled as soon as it exists: this is :meth:`run`."""
         return self.run(spec)
 
-    def _create_container(self, job: ContainerJob) -> str:
+    def _create_container(self, job: JobSource) -> str:
         return self.run(JobSpec.from_job(job))
 
-    def _start_container(self, job: ContainerJob, container_id: str) -> bool:
+    def _start_container(self, job: JobSource, container_id: str) -> bool:
         """Services start themselves; True when the service exists."""
         self._service(container_id)
         return True
