@@ -211,7 +211,8 @@ class ContainerJobAdmin(admin.ModelAdmin):
     def save_model(self, request: HttpRequest, obj: ContainerJob, form: Any, change: bool) -> None:
         if change:  # the job page is read-only: nothing of a submitted job is edited here
             return
-        job = queue.submit(**_submit_keywords(obj))
+        who = f"user:{request.user.get_username()}"
+        job = queue.submit(**_submit_keywords(obj), submitted_by=who)
         obj.pk, obj._state = job.pk, job._state  # the log entry and message name the new job
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:

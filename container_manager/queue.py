@@ -103,6 +103,7 @@ def submit(
     cap_drop: Sequence[str] = (),
     privileged: bool = False,
     job_id: uuid.UUID | None = None,
+    submitted_by: str = "",
 ) -> ContainerJob:
     """Validate and queue a job; returns the saved job. Bad input raises InvalidJobError.
 
@@ -120,6 +121,9 @@ def submit(
     default: the one registered for the image's registry), ``gpus``, ``shm_size_mb``,
     ``pids_limit``, ``read_only_rootfs``, ``cap_add``, ``cap_drop``, ``privileged``. What the
     host's policy or executor does not allow is refused, naming the field.
+
+    ``submitted_by`` records who submitted it (``user:NAME``, ``cli:LOGIN``, or what an
+    API caller says; at most 200 characters).
 
     ``job_id`` sets the new job's id (default: a fresh one), for a caller that must name
     the job in its own command (the Tasks backend).
@@ -160,6 +164,7 @@ def submit(
         cap_add=list(cap_add),
         cap_drop=list(cap_drop),
         privileged=privileged,
+        submitted_by=submitted_by[:200],
     )
     try:
         job.full_clean()

@@ -116,7 +116,7 @@ def test_cli_usage_error_exits_2(cli: Any) -> None:
 
 
 def test_cli_check_of_a_dead_engine_fails(cli: Any) -> None:
-    assert cli("container_host", "add", "dead", "--url", DEAD_URL).returncode == 0
+    assert cli("container_host", "add", "dead", "--url", DEAD_URL, "--insecure-tcp").returncode == 0
     done = cli("container_host", "check", "dead")
     assert done.returncode == 1
     assert "FAILED" in done.stdout
@@ -178,7 +178,8 @@ def test_host_add_existing_needs_update(fake_host: ExecutorHost) -> None:
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--url", "http://example.com"], "is not an engine URL"),
+        (["--url", "http://example.com"], "Not an engine URL"),
+        (["--url", "tcp://10.0.0.5:2375"], "enable TLS, or mark the host insecure"),
         (["--url", FAKE_URL, "--executor", "podman"], "Unknown executor 'podman'"),
         (["--url", FAKE_URL, "--tls"], "TLS applies to tcp://"),
         (["--url", FAKE_URL, "--max-concurrent", "0"], "max_concurrent_jobs"),

@@ -27,6 +27,7 @@ from django.utils import timezone
 
 from container_manager.health import check_host
 from container_manager.management.host_options import TLS_FILES, add_host_arguments, host_changes
+from container_manager.management.output import rows_text, table_text
 from container_manager.models import ExecutorHost, JobStatus
 from container_manager.spec_text import host_capacity_text, host_policy_rows
 
@@ -141,11 +142,8 @@ class Command(BaseCommand):
                     self._health_summary(host),
                 )
             )
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            self.stdout.write(
-                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            )
+        for line in table_text(rows):
+            self.stdout.write(line)
 
     @staticmethod
     def _health_summary(host: ExecutorHost) -> str:
@@ -182,8 +180,8 @@ class Command(BaseCommand):
             ("Capacity", host_capacity_text(host)),
             *host_policy_rows(host),
         ]
-        for label, value in rows:
-            self.stdout.write(f"{label + ':':<14}{value}")
+        for line in rows_text(rows, 14):
+            self.stdout.write(line)
 
     # ---- check -------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ options are in :mod:`container_manager.management.job_options` (``submit --help`
 
 from __future__ import annotations
 
+import getpass
 from typing import Any
 
 from django.core.exceptions import ValidationError
@@ -24,6 +25,7 @@ from container_manager import queue
 from container_manager.environment import mask_environment
 from container_manager.exceptions import InvalidJobError
 from container_manager.management.job_options import add_submit_arguments, submit_keywords
+from container_manager.management.output import printable, rows_text, table_text
 from container_manager.models import ContainerJob, JobStatus
 from container_manager.spec_text import job_spec_rows, recorded_spec_text
 
@@ -77,7 +79,7 @@ class Command(BaseCommand):
     # ---- submit ------------------------------------------------------------------------
 
     def _submit(self, options: dict[str, Any]) -> None:
-        keywords = submit_keywords(options)
+        keywords = {**submit_keywords(options), "submitted_by": f"cli:{getpass.getuser()}"}
         try:
             job = queue.submit(**keywords)
         except InvalidJobError as err:
@@ -116,18 +118,20 @@ class Command(BaseCommand):
             ("CPU time", "-" if job.cpu_seconds is None else f"{job.cpu_seconds:.2f}s"),
             ("Last error", job.last_error or "-"),
         ]
-        for label, value in rows:
-            self.stdout.write(f"{label + ':':<13}{value}")
+        for line in rows_text(rows, 13):
+            self.stdout.write(line)
         self._show_environment(job)
         for attempt in job.attempts.select_related("host"):
             self.stdout.write(
-                f"  attempt {attempt.number}: {attempt.status} on {attempt.host.name}, "
-                f"container {attempt.container_id[:12] or attempt.container_name}, "
-                f"exit code {'-' if attempt.exit_code is None else attempt.exit_code}, "
-                f"started {_when(attempt.started_at)}"
-                + (f", error: {attempt.error}" if attempt.error else "")
+                printable(
+                    f"  attempt {attempt.number}: {attempt.status} on {attempt.host.name}, "
+                    f"container {attempt.container_id[:12] or attempt.container_name}, "
+                    f"exit code {'-' if attempt.exit_code is None else attempt.exit_code}, "
+                    f"started {_when(attempt.started_at)}"
+                    + (f", error: {attempt.error}" if attempt.error else "")
+                )
             )
-            self.stdout.write(f"    ran with: {recorded_spec_text(attempt.spec)}")
+            self.stdout.write(printable(f"    ran with: {recorded_spec_text(attempt.spec)}"))
 
     @staticmethod
     def _host(job: ContainerJob) -> str:
@@ -157,7 +161,7 @@ class Command(BaseCommand):
         summary = f"{len(environment)} variable(s)" if environment else "none"
         self.stdout.write(f"{'Environment:':<13}{summary}{template}")
         for name, value in environment.items():
-            self.stdout.write(f"  {name}={value}")
+            self.stdout.write(printable(f"  {name}={value}"))
 
     # ---- logs --------------------------------------------------------------------------
 
@@ -222,8 +226,5 @@ class Command(BaseCommand):
             )
             for job in jobs
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            self.stdout.write(
-                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            )
+        for line in table_text(rows):
+            self.stdout.write(line)

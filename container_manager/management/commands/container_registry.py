@@ -21,6 +21,7 @@ from django.db.models import Count, ProtectedError
 
 from container_manager.environment import check_reference
 from container_manager.exceptions import InvalidJobError
+from container_manager.management.output import table_text
 from container_manager.models import RegistryCredential
 
 _FIELDS = {"registry": "registry", "username": "username", "password_ref": "password_reference"}
@@ -110,11 +111,8 @@ class Command(BaseCommand):
         rows += [
             (c.name, c.registry, c.username, c.password_reference, str(c.used)) for c in credentials
         ]
-        widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-        for row in rows:
-            self.stdout.write(
-                "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)).rstrip()
-            )
+        for line in table_text(rows):
+            self.stdout.write(line)
 
     def _remove(self, options: dict[str, Any]) -> None:
         credential = RegistryCredential.objects.filter(name=options["name"]).first()
