@@ -9,6 +9,8 @@ from collections.abc import Callable
 
 from django.db import connection, transaction
 
+from .outage import OUTAGE, backoff
+
 __all__ = ["CHANNEL", "Listener", "notify_new_job"]
 
 CHANNEL = "container_manager_jobs"
@@ -51,17 +53,24 @@ class Listener(threading.Thread):
     def run(self) -> None:
         import psycopg
 
+        tries = 0
         while not self.stopping.is_set():
             try:
                 with psycopg.connect(**self.params, autocommit=True) as conn:  # type: ignore[arg-type]
                     conn.execute(f"LISTEN {CHANNEL}")
+                    if tries:  # back after an outage: jobs may have come meanwhile
+                        OUTAGE.recovered()
+                        self.wake()
+                    tries = 0
                     while not self.stopping.is_set():
                         # A short timeout: a stopping worker must not wait long for this.
                         for _ in conn.notifies(timeout=_STOP_CHECK, stop_after=1):
                             self.wake()
             except psycopg.Error as err:
-                log.warning("job listener: %s; reconnecting", err)
-                self.stopping.wait(2.0)
+                # One line per outage (the worker's), not one per reconnection attempt.
+                OUTAGE.failed("job listener", err, tries=tries)
+                self.stopping.wait(backoff(tries))
+                tries += 1
 
     def stop(self) -> None:
         self.stopping.set()

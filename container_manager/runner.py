@@ -11,10 +11,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from enum import Enum
-from typing import Any
+from typing import Any, TypeVar
 
 from django.utils import timezone
 
@@ -30,6 +31,7 @@ from .exceptions import (
 )
 from .executors.base import BaseExecutor, ContainerState, JobSpec, Stream
 from .models import ContainerJob, JobAttempt, JobStatus
+from .outage import DatabaseUnavailable, retry_db
 from .output import CollectedOutput, collect_output
 from .queue import backoff_delay, record_attempt
 from .signals import job_finished, job_started, send
@@ -37,6 +39,7 @@ from .signals import job_finished, job_started, send
 __all__ = ["JobRunner", "RunControl"]
 
 log = logging.getLogger("container_manager.worker")
+T = TypeVar("T")
 
 _ENGINE_RETRY_MAX = 30.0  # seconds between tries while an engine does not answer
 # Seconds per wait call: a hung engine connection is noticed within this, and so is a worker
@@ -140,12 +143,24 @@ class JobRunner:
     # ---- the whole life -------------------------------------------------------------
 
     def run(self) -> None:
-        if self.adopted:
-            record_attempt(self.job, adopted=True)
         try:
-            spec = self.job.spec()
+            self._run()
+        except DatabaseUnavailable:
+            # The worker stopped during a database outage: the job is left for adoption.
+            log.warning("job=%s left for adoption: the database did not answer", self.job.pk)
+
+    def _db(self, call: Callable[[], T], where: str) -> T:
+        """A database call of this job's thread, retried through an outage (the container
+        runs on meanwhile) until the worker abandons the job."""
+        return retry_db(call, stop=self.control.abandon, where=f"job={self.job.pk} {where}")
+
+    def _run(self) -> None:
+        if self.adopted:
+            self._db(lambda: record_attempt(self.job, adopted=True), "adopting")
+        try:
+            spec = self._db(self.job.spec, "reading the job")
             self._spec_record = self.executor.effective(spec).describe()
-            spec = self.job.resolve(spec)
+            spec = self._db(lambda: self.job.resolve(spec), "reading the job")
             self._secrets = _secrets_of(spec)
         except InvalidJobError as err:
             self._finish(JobStatus.FAILED, error=f"Invalid job: {err}", exit_code=None)
@@ -187,7 +202,7 @@ class JobRunner:
         else:
             return None
         self.control.container_id = container_id
-        if not self.job.mark_running(self.worker_id, container_id):
+        if not self._db(lambda: self.job.mark_running(self.worker_id, container_id), "running"):
             log.warning("job=%s lost its lease while launching; leaving it", self.job.pk)
             return None
         self._write_attempt(container_id=container_id, status=JobStatus.RUNNING)
@@ -267,9 +282,10 @@ class JobRunner:
             self.control.abandon.set()
 
     def _still_held(self) -> bool:
-        return ContainerJob.objects.filter(
+        held = ContainerJob.objects.filter(
             pk=self.job.pk, worker_id=self.worker_id, status__in=JobStatus.active()
-        ).exists()
+        )
+        return self._db(held.exists, "checking its lease")
 
     # ---- harvest and record ------------------------------------------------------------
 
@@ -362,18 +378,22 @@ class JobRunner:
     def _write_attempt(self, **fields: Any) -> None:
         """Insert the attempt's row with ``fields`` the first time, update it after."""
         if self._attempt_written:
-            compiled.update(
-                JobAttempt, {"job": self.job.pk, "number": self.job.attempt_count}, **fields
-            )
+            where = {"job": self.job.pk, "number": self.job.attempt_count}
+            self._db(lambda: compiled.update(JobAttempt, where, **fields), "recording the attempt")
             return
-        record_attempt(self.job, started_at=self._attempt_began, spec=self._spec_record, **fields)
+        self._db(
+            lambda: record_attempt(
+                self.job, started_at=self._attempt_began, spec=self._spec_record, **fields
+            ),
+            "recording the attempt",
+        )
         self._attempt_written = True
 
     def _requeue(self, error: str, **attempt_fields: Any) -> bool:
         error = redact(error, self._secrets)
         delay = backoff_delay(self.job.attempt_count)
         run_after = timezone.now() + timedelta(seconds=delay)
-        took = self.job.requeue(self.worker_id, run_after, error)
+        took = self._db(lambda: self.job.requeue(self.worker_id, run_after, error), "requeueing")
         if took:
             self._write_attempt(
                 status=JobStatus.FAILED, error=error, finished_at=timezone.now(), **attempt_fields
@@ -383,7 +403,10 @@ class JobRunner:
 
     def _finish(self, status: JobStatus, *, error: str, **outcome: Any) -> bool:
         error = redact(error, self._secrets)
-        took = self.job.mark_finished(self.worker_id, status, last_error=error, **outcome)
+        took = self._db(
+            lambda: self.job.mark_finished(self.worker_id, status, last_error=error, **outcome),
+            f"recording {status}",
+        )
         if took:
             self._write_attempt(
                 status=status,

@@ -14,7 +14,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import timedelta
 from types import FrameType
@@ -30,6 +30,7 @@ from .executors import get_executor, set_pool_size
 from .health import check_host, declare_lost_jobs
 from .models import ContainerJob, ExecutorHost, JobStatus, WorkerHeartbeat
 from .notify import Listener
+from .outage import DB_ERRORS, OUTAGE, backoff, close_broken, is_outage
 from .queue import Claimed, adopt_expired, claim
 from .reaper import prune_jobs, reap
 from .runner import JobRunner, RunControl
@@ -46,6 +47,61 @@ def _held_host(job: ContainerJob) -> ExecutorHost:
     if host is None:  # it was re-placed (declared lost) since it was read
         raise JobStateError(f"job {job.pk} has no host now; it was queued again")
     return host
+
+
+def _process_gone(pid: int) -> bool:
+    """Whether no process ``pid`` runs on this machine (a zombie counts as gone)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False  # it exists, under another user
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as stat:
+            return stat.read().rsplit(")", 1)[-1].split()[0] == "Z"
+    except (OSError, IndexError):
+        return False
+
+
+def _dead_here(worker_id: str) -> bool:
+    """Whether ``worker_id`` (``host:pid:nonce``) names a worker of this machine whose
+    process no longer exists."""
+    host, _, rest = worker_id.partition(":")
+    pid, _, _ = rest.partition(":")
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    return _process_gone(int(pid))
+
+
+def release_dead_holders(worker_id: str, lease_seconds: float) -> int:
+    """Expire at once the leases of jobs held by dead workers (a process of this machine that
+    is gone, or a heartbeat older than the lease), so that they are adopted now instead of
+    when their lease runs out; returns how many jobs were released."""
+    now = timezone.now()
+    holders = set(
+        ContainerJob.objects.filter(status__in=JobStatus.active(), lease_expires_at__gte=now)
+        .exclude(worker_id__in=["", worker_id])
+        .order_by()
+        .values_list("worker_id", flat=True)
+        .distinct()
+    )
+    if not holders:
+        return 0
+    gone = {holder: "its process is gone" for holder in holders if _dead_here(holder)}
+    stale = WorkerHeartbeat.objects.filter(
+        worker_id__in=holders - set(gone), last_seen__lt=now - timedelta(seconds=lease_seconds)
+    ).values_list("worker_id", flat=True)
+    gone.update({holder: "its heartbeat is older than the lease" for holder in stale})
+    released = 0
+    for holder, cause in gone.items():
+        count = ContainerJob.objects.filter(
+            worker_id=holder, status__in=JobStatus.active(), lease_expires_at__gte=now
+        ).update(lease_expires_at=now)
+        if count:
+            log.warning("worker=%s is dead (%s): adopting its %d job(s)", holder, cause, count)
+            released += count
+    return released
 
 
 @dataclass
@@ -124,26 +180,12 @@ class Worker:
         )
         set_pool_size(self.concurrency + 2)  # job threads + the health and cancel side threads
         self._start_threads()
-        self._beat()
         listener = Listener(self._wake.set)
         if listener.enabled and not self.burst:
             # A burst worker runs what is due and exits: job ends and its polls wake it.
             listener.start()
         try:
-            while not self._stopping.is_set():
-                self._wake.clear()
-                close_old_connections()
-                started = self._fill()
-                self._maintain()
-                self._check_health()
-                if self.burst and not started and not self._busy():
-                    # Jobs may have ended since _fill() saw every slot taken: claim again
-                    # with all slots free before deciding that nothing is left.
-                    started = self._fill()
-                    if not started and not self._due_soon():
-                        break
-                if not started or self._free() == 0:
-                    self._wake.wait(self.poll_interval)
+            self._loop()
         finally:
             listener.stop()
             self._shutdown()
@@ -151,11 +193,61 @@ class Worker:
                 listener.join(5)
             if self._health_thread is not None:
                 self._health_thread.join(5)
-            WorkerHeartbeat.objects.filter(worker_id=self.worker_id).delete()
+            self._quietly("clearing the heartbeat", self._clear_heartbeat)
             if not connection.in_atomic_block:
-                connection.close()
+                close_broken()
         log.info("worker=%s exit processed=%d", self.worker_id, self.processed)
         return self.processed
+
+    def _loop(self) -> None:
+        """Turns of the loop until stopped; a lost database connection is waited out."""
+        tries = 0
+        while not self._stopping.is_set():
+            self._wake.clear()
+            try:
+                if self._turn():
+                    return
+            except DB_ERRORS as err:
+                if not is_outage(err):
+                    raise
+                OUTAGE.failed("worker loop", err, tries=tries)
+                close_broken()
+                self._next_renewal = 0.0  # renew our leases first once it answers again
+                self._stopping.wait(backoff(tries))
+                tries += 1
+                continue
+            tries = 0
+            OUTAGE.recovered()
+
+    def _turn(self) -> bool:
+        """One turn: renew, claim, start; whether a burst worker is done."""
+        close_old_connections()
+        self._maintain()  # before claiming: our leases are renewed before we adopt any
+        started = self._fill()
+        self._check_health()
+        if self.burst and not started and not self._busy():
+            # Jobs may have ended since _fill() saw every slot taken: claim again
+            # with all slots free before deciding that nothing is left.
+            started = self._fill()
+            if not started and not self._due_soon():
+                return True
+        if not started or self._free() == 0:
+            self._wake.wait(self.poll_interval)
+        return False
+
+    def _clear_heartbeat(self) -> None:
+        WorkerHeartbeat.objects.filter(worker_id=self.worker_id).delete()
+
+    def _quietly(self, what: str, call: Callable[[], Any]) -> None:
+        """A database call on the way out: tried once; an outage is logged, not raised."""
+        try:
+            call()
+        except DB_ERRORS as err:
+            if not is_outage(err):
+                raise
+            OUTAGE.failed(what, err)
+            close_broken()
+            log.warning("worker=%s database unreachable, not done: %s", self.worker_id, what)
 
     def _free(self) -> int:
         with self._slots_lock:
@@ -173,9 +265,13 @@ class Worker:
         claimed: list[Claimed] = []
         now = time.monotonic()
         if now >= self._next_adoption:
-            self._next_adoption = now + self.lease_seconds / 3
+            release_dead_holders(self.worker_id, self.lease_seconds)
             claimed += adopt_expired(self.worker_id, free)
+            self._next_adoption = now + self.lease_seconds / 3
         claimed += claim(self.worker_id, free - len(claimed), hosts=self.hosts)
+        held = set(self._held())
+        # A job of ours whose lease ran out during an outage is ours still: never run twice.
+        claimed = [item for item in claimed if not (item.adopted and item.job.pk in held)]
         for item in claimed:
             self._start(item)
         return len(claimed)
@@ -275,10 +371,17 @@ class Worker:
             # Heartbeats of workers that died without a word (SIGKILL, a lost machine).
             WorkerHeartbeat.objects.filter(last_seen__lt=timezone.now() - _DEAD_WORKER).delete()
             self._reap(recovered)
+        except DB_ERRORS as err:
+            if is_outage(err):  # the next pass tries again
+                OUTAGE.failed("health pass", err)
+            else:  # a side thread's edge: log, and try again next interval
+                log.exception("health pass failed")
         except Exception:  # a side thread's edge: log, and try again next interval
             log.exception("health pass failed")
+        else:
+            OUTAGE.recovered()
         finally:
-            connection.close()
+            close_broken()
 
     def _reap(self, recovered: list[ExecutorHost]) -> None:
         """Remove stale containers on hosts that came back (attempts declared lost while they
@@ -317,12 +420,12 @@ class Worker:
         held = self._held()
         now = time.monotonic()
         if now >= self._next_renewal:
-            self._next_renewal = now + self.lease_seconds / 3
             self._beat()
             if held:
                 ContainerJob.objects.filter(pk__in=held, worker_id=self.worker_id).update(
                     lease_expires_at=timezone.now() + timedelta(seconds=self.lease_seconds)
                 )
+            self._next_renewal = now + self.lease_seconds / 3  # once done: a failure retries
         if not held:
             return
         if now >= self._next_cancel_check:
@@ -372,7 +475,13 @@ class Worker:
         """Let running jobs finish up to ``shutdown_timeout``; hand the rest back."""
         deadline = time.monotonic() + self.shutdown_timeout
         while self._busy() and time.monotonic() < deadline:
-            self._maintain()
+            try:
+                self._maintain()
+            except DB_ERRORS as err:  # SIGTERM during an outage: the deadline still holds
+                if not is_outage(err):
+                    raise
+                OUTAGE.failed("shutdown", err)
+                close_broken()
             self._wake.wait(min(0.2, max(deadline - time.monotonic(), 0)))
             self._wake.clear()
         with self._slots_lock:
@@ -383,7 +492,8 @@ class Worker:
             self._jobs.put(None)
         if slots:
             # Expire our leases now so another worker adopts these jobs at once.
-            ContainerJob.objects.filter(
+            left = ContainerJob.objects.filter(
                 pk__in=[s.job_id for s in slots], worker_id=self.worker_id
-            ).update(lease_expires_at=timezone.now())
+            )
+            self._quietly("expiring leases", lambda: left.update(lease_expires_at=timezone.now()))
             log.warning("worker=%s left %d running job(s) for adoption", self.worker_id, len(slots))
