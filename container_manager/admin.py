@@ -21,7 +21,7 @@ from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
 from . import admin_hosts, overview, queue
-from .admin_fields import LinesField, PairsField, badge, seconds, short_time
+from .admin_fields import LinesField, PairsField, SafeLookups, badge, seconds, short_time
 from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
 from .models import ContainerJob, JobAttempt, JobStatus
@@ -149,7 +149,7 @@ def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
 
 
 @admin.register(ContainerJob)
-class ContainerJobAdmin(admin.ModelAdmin):
+class ContainerJobAdmin(SafeLookups):
     list_display = ("job", "status_badge", "host", "docker_image", "duration", "exit_code",
                     "created")  # fmt: skip
     list_filter = ("status", "docker_host", "created_at")

@@ -17,7 +17,7 @@ from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
 from . import health, overview
-from .admin_fields import BADGE, LinesField, short_time
+from .admin_fields import BADGE, LinesField, SafeLookups, short_time
 from .environment import MASK, masked_text, stored_as_text, unmask
 from .exceptions import InvalidJobError
 from .models import EnvironmentVariableTemplate, ExecutorHost, RegistryCredential
@@ -77,8 +77,12 @@ class ExecutorHostForm(forms.ModelForm):
         )
 
 
+def _trusts_engines(request: HttpRequest) -> bool:
+    return bool(request.user.has_perm("container_manager.trust_engine"))
+
+
 @admin.register(ExecutorHost)
-class ExecutorHostAdmin(admin.ModelAdmin):
+class ExecutorHostAdmin(SafeLookups):
     form = ExecutorHostForm
     list_display = ("name", "connection_string", "health", "last_check", "load", "weight")
     list_filter = ("is_active", "executor_type")
@@ -89,6 +93,17 @@ class ExecutorHostAdmin(admin.ModelAdmin):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ExecutorHost]:
         return overview.with_load(super().get_queryset(request))
+
+    # A host receives the environment of every job placed on it: pointing one at an engine
+    # needs the trust_engine permission besides Django's own (superusers have every one).
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return super().has_add_permission(request) and _trusts_engines(request)
+
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_change_permission(request, obj) and _trusts_engines(request)
+
+    def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        return super().has_delete_permission(request, obj) and _trusts_engines(request)
 
     @admin.display(description="health", ordering="health_check_failures")
     def health(self, obj: ExecutorHost) -> SafeString:
@@ -123,7 +138,7 @@ class ExecutorHostAdmin(admin.ModelAdmin):
 
 
 @admin.register(RegistryCredential)
-class RegistryCredentialAdmin(admin.ModelAdmin):
+class RegistryCredentialAdmin(SafeLookups):
     """The password is a reference the worker reads; there is no password field."""
 
     list_display = ("name", "registry", "username", "password_reference", "jobs_using")
@@ -163,7 +178,7 @@ class EnvironmentTemplateForm(forms.ModelForm):
 
 
 @admin.register(EnvironmentVariableTemplate)
-class EnvironmentVariableTemplateAdmin(admin.ModelAdmin):
+class EnvironmentVariableTemplateAdmin(SafeLookups):
     form = EnvironmentTemplateForm
     list_display = ("name", "description", "variables", "created_at")
     search_fields = ("name", "description")
