@@ -20,7 +20,11 @@ A worker process may also observe jobs as they happen, through the ``job_started
 ``job_finished`` signals (:func:`connect_signal_metrics`), into
 ``container_jobs_observed_launch_latency_seconds`` and
 ``container_jobs_observed_duration_seconds{status}``. Those live in the process that ran the
-jobs: serve them from the worker with :func:`start_worker_metrics_server`.
+jobs: serve them from the worker with :func:`start_worker_metrics_server`, beside this
+process's faults (:class:`FaultCollector`): ``container_jobs_worker_database_outages_total``,
+``container_jobs_worker_database_outage_seconds_total`` (the outage under way included),
+``container_jobs_worker_database_unreachable`` (1/0) and
+``container_jobs_worker_adoptions_total{cause}`` (``lease_expired``, ``holder_dead``).
 
 Only this module imports ``prometheus_client``, and only when a scrape happens; without the
 package the view answers 501.
@@ -41,12 +45,14 @@ from django.http import HttpRequest, HttpResponse
 from . import overview
 from .conf import get_settings
 from .models import ContainerJob, JobStatus
+from .outage import ADOPTIONS, OUTAGE
 from .signals import job_finished, job_started
 
 __all__ = [
     "DURATION_BUCKETS",
     "LATENCY_BUCKETS",
     "DatabaseCollector",
+    "FaultCollector",
     "ObservedCollector",
     "connect_signal_metrics",
     "disconnect_signal_metrics",
@@ -229,6 +235,40 @@ class ObservedCollector:
         yield duration
 
 
+class FaultCollector:
+    """This process's database outages and adoptions (kept in memory by the worker)."""
+
+    def describe(self) -> list[Any]:
+        return []
+
+    def collect(self) -> Iterator[Any]:
+        from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+        outages = CounterMetricFamily(
+            "container_jobs_worker_database_outages",
+            "Database outages this process waited out (confirmed: a retry failed too).",
+            value=OUTAGE.outages,
+        )
+        seconds = CounterMetricFamily(
+            "container_jobs_worker_database_outage_seconds",
+            "Seconds this process spent without its database, the outage under way included.",
+            value=OUTAGE.current_seconds(),
+        )
+        down = GaugeMetricFamily(
+            "container_jobs_worker_database_unreachable",
+            "1 while this process cannot reach its database.",
+            value=int(OUTAGE.down),
+        )
+        adoptions = CounterMetricFamily(
+            "container_jobs_worker_adoptions",
+            "Jobs this process adopted from another worker, by cause.",
+            labels=["cause"],
+        )
+        for cause, count in ADOPTIONS.snapshot().items():
+            adoptions.add_metric([cause], count)
+        yield from (outages, seconds, down, adoptions)
+
+
 #: This process's signal-fed histograms (connected by :func:`connect_signal_metrics`).
 observed: ObservedCollector | None = None
 _connect_lock = threading.Lock()
@@ -260,8 +300,9 @@ def _registry(prometheus: ModuleType, *, database: bool = True) -> Any:
     registry = prometheus.CollectorRegistry(auto_describe=False)
     if database:
         registry.register(DatabaseCollector())
-    if observed is not None:
+    if observed is not None:  # a worker process, observing itself
         registry.register(observed)
+        registry.register(FaultCollector())
     return registry
 
 

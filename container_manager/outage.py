@@ -23,8 +23,10 @@ from django.utils import timezone
 from .exceptions import ContainerManagerError
 
 __all__ = [
+    "ADOPTIONS",
     "DB_ERRORS",
     "OUTAGE",
+    "Adoptions",
     "DatabaseUnavailable",
     "Outage",
     "backoff",
@@ -138,6 +140,34 @@ class Outage:
 OUTAGE = Outage()
 
 
+class Adoptions:
+    """How many jobs this process adopted, by cause (``lease_expired``, ``holder_dead``)."""
+
+    CAUSES = ("lease_expired", "holder_dead")
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(self.CAUSES, 0)
+
+    def add(self, cause: str, count: int) -> None:
+        if count:
+            with self._lock:
+                self.counts[cause] += count
+
+    def snapshot(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self.counts)
+
+    def reset(self) -> None:
+        """Forget every adoption (for tests)."""
+        with self._lock:
+            self.counts = dict.fromkeys(self.CAUSES, 0)
+
+
+#: This process's adoptions of jobs another worker held.
+ADOPTIONS = Adoptions()
+
+
 def close_broken() -> None:
     """Drop this thread's connection (Django opens a new one at the next query)."""
     with contextlib.suppress(*DB_ERRORS):  # it was broken: closing it is all that was asked
@@ -160,5 +190,6 @@ def retry_db(call: Callable[[], T], *, stop: threading.Event, where: str) -> T:
                 raise DatabaseUnavailable(f"database unreachable ({where})") from err
             tries += 1
             continue
-        OUTAGE.recovered()
+        if tries:  # it failed, and now reached the database: (only) that proves it is back
+            OUTAGE.recovered()
         return result

@@ -30,7 +30,7 @@ from .executors import get_executor, set_pool_size
 from .health import check_host, declare_lost_jobs
 from .models import ContainerJob, ExecutorHost, JobStatus, WorkerHeartbeat
 from .notify import Listener
-from .outage import DB_ERRORS, OUTAGE, backoff, close_broken, is_outage
+from .outage import ADOPTIONS, DB_ERRORS, OUTAGE, backoff, close_broken, is_outage
 from .queue import Claimed, adopt_expired, claim
 from .reaper import prune_jobs, reap
 from .runner import JobRunner, RunControl
@@ -74,10 +74,10 @@ def _dead_here(worker_id: str) -> bool:
     return _process_gone(int(pid))
 
 
-def release_dead_holders(worker_id: str, lease_seconds: float) -> int:
+def release_dead_holders(worker_id: str, lease_seconds: float) -> set[Any]:
     """Expire at once the leases of jobs held by dead workers (a process of this machine that
     is gone, or a heartbeat older than the lease), so that they are adopted now instead of
-    when their lease runs out; returns how many jobs were released."""
+    when their lease runs out; returns the ids of the jobs released."""
     now = timezone.now()
     holders = set(
         ContainerJob.objects.filter(status__in=JobStatus.active(), lease_expires_at__gte=now)
@@ -87,20 +87,21 @@ def release_dead_holders(worker_id: str, lease_seconds: float) -> int:
         .distinct()
     )
     if not holders:
-        return 0
+        return set()
     gone = {holder: "its process is gone" for holder in holders if _dead_here(holder)}
     stale = WorkerHeartbeat.objects.filter(
         worker_id__in=holders - set(gone), last_seen__lt=now - timedelta(seconds=lease_seconds)
     ).values_list("worker_id", flat=True)
     gone.update({holder: "its heartbeat is older than the lease" for holder in stale})
-    released = 0
+    released: set[Any] = set()
     for holder, cause in gone.items():
-        count = ContainerJob.objects.filter(
+        jobs = ContainerJob.objects.filter(
             worker_id=holder, status__in=JobStatus.active(), lease_expires_at__gte=now
-        ).update(lease_expires_at=now)
-        if count:
-            log.warning("worker=%s is dead (%s): adopting its %d job(s)", holder, cause, count)
-            released += count
+        )
+        pks = set(jobs.values_list("pk", flat=True))
+        if pks and jobs.filter(pk__in=pks).update(lease_expires_at=now):
+            log.warning("worker=%s is dead (%s): adopting its %d job(s)", holder, cause, len(pks))
+            released |= pks
     return released
 
 
@@ -216,8 +217,9 @@ class Worker:
                 self._stopping.wait(backoff(tries))
                 tries += 1
                 continue
+            if tries:  # the turn after a failure renews the leases: it reached the database
+                OUTAGE.recovered()
             tries = 0
-            OUTAGE.recovered()
 
     def _turn(self) -> bool:
         """One turn: renew, claim, start; whether a burst worker is done."""
@@ -265,8 +267,11 @@ class Worker:
         claimed: list[Claimed] = []
         now = time.monotonic()
         if now >= self._next_adoption:
-            release_dead_holders(self.worker_id, self.lease_seconds)
+            released = release_dead_holders(self.worker_id, self.lease_seconds)
             claimed += adopt_expired(self.worker_id, free)
+            dead = sum(1 for item in claimed if item.job.pk in released)
+            ADOPTIONS.add("holder_dead", dead)
+            ADOPTIONS.add("lease_expired", len(claimed) - dead)
             self._next_adoption = now + self.lease_seconds / 3
         claimed += claim(self.worker_id, free - len(claimed), hosts=self.hosts)
         held = set(self._held())
@@ -379,7 +384,7 @@ class Worker:
         except Exception:  # a side thread's edge: log, and try again next interval
             log.exception("health pass failed")
         else:
-            OUTAGE.recovered()
+            OUTAGE.recovered()  # a pass always reads the hosts: it reached the database
         finally:
             close_broken()
 

@@ -148,9 +148,12 @@ def check(observed: dict[str, Any], docker_client: Any) -> None:
     assert observed["attempts"] == (JOBS, JOBS), "one attempt each: an outage is no attempt"
     assert session_containers(docker_client) == [], "no container left"
     assert "Traceback" not in worker_log, worker_log[-3000:]
-    # One outage, one line each way (stale connections that reconnect at once say nothing).
-    assert worker_log.count("database unreachable") == 1, worker_log[-3000:]
-    assert worker_log.count("database back") == 1, worker_log[-3000:]
+    # A line each way per outage, not per attempt (stale connections that reconnect at once
+    # say nothing). A restart may read as two: the server answers for a moment while it stops.
+    said = [line for line in worker_log.splitlines() if "database" in line]
+    lost = sum("database unreachable" in line for line in said)
+    assert 1 <= lost <= 2, said
+    assert sum("database back" in line for line in said) == lost, said
 
 
 @pytest.fixture

@@ -24,7 +24,7 @@ from container_manager.executors import get_executor
 from container_manager.executors.base import JobSpec
 from container_manager.executors.fake import FakeExecutor, FakeOutcome
 from container_manager.models import ContainerJob, JobAttempt, JobStatus, WorkerHeartbeat
-from container_manager.outage import OUTAGE, backoff, is_outage
+from container_manager.outage import ADOPTIONS, OUTAGE, backoff, is_outage
 from container_manager.queue import adopt_expired, claim, submit
 from container_manager.runner import JobRunner, RunControl
 from container_manager.worker import Worker, release_dead_holders
@@ -243,6 +243,27 @@ def test_the_health_pass_logs_an_outage_once_without_a_traceback(
     assert not [r for r in caplog.records if r.exc_info]
     assert not OUTAGE.down
     assert OUTAGE.outages == 1 and OUTAGE.seconds > 0
+    figures = fault_metrics()
+    assert figures[("container_jobs_worker_database_outages_total", ())] == 1
+    assert figures[("container_jobs_worker_database_outage_seconds_total", ())] > 0
+    assert figures[("container_jobs_worker_database_unreachable", ())] == 0
+
+
+def fault_metrics() -> dict[tuple[str, tuple[Any, ...]], float]:
+    """What this process's FaultCollector exposes, as Prometheus reads it."""
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from container_manager.metrics import FaultCollector
+
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(FaultCollector())
+    text = generate_latest(registry).decode()
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
 
 
 def test_a_stale_connection_that_reconnects_at_once_is_no_outage(caplog):
@@ -278,6 +299,7 @@ def held_running(host: Any, holder: str, engine: Any, **outcome: Any) -> Contain
 
 
 def test_a_burst_worker_adopts_at_once_the_jobs_of_a_dead_process_of_its_host(fake_host, engine):
+    ADOPTIONS.reset()
     holder = f"{socket.gethostname()}:{dead_pid()}:abcdef"
     WorkerHeartbeat.objects.create(worker_id=holder, last_seen=timezone.now())
     j = held_running(fake_host, holder, engine, duration=0.3, stdout="adopted")
@@ -288,6 +310,9 @@ def test_a_burst_worker_adopts_at_once_the_jobs_of_a_dead_process_of_its_host(fa
     assert (j.status, j.stdout_log, j.attempt_count) == (JobStatus.COMPLETED, "adopted", 1)
     assert engine.calls.count("run") == 1
     assert engine.containers == {}
+    assert ADOPTIONS.snapshot() == {"holder_dead": 1, "lease_expired": 0}
+    adoptions = "container_jobs_worker_adoptions_total"
+    assert fault_metrics()[(adoptions, (("cause", "holder_dead"),))] == 1
 
 
 def test_a_stale_heartbeat_means_a_dead_holder_and_a_live_one_is_left_alone(fake_host, engine):
@@ -299,7 +324,7 @@ def test_a_stale_heartbeat_means_a_dead_holder_and_a_live_one_is_left_alone(fake
     WorkerHeartbeat.objects.create(worker_id=alive, last_seen=timezone.now())
     dead_job = held_running(fake_host, stale, engine, duration=0.1)
     live_job = held_running(fake_host, alive, engine, duration=60)
-    assert release_dead_holders("me", lease_seconds=30) == 1
+    assert release_dead_holders("me", lease_seconds=30) == {dead_job.pk}
     assert fresh(dead_job).lease_expires_at <= timezone.now()
     assert fresh(live_job).lease_expires_at > timezone.now() + timedelta(minutes=30)
     Worker(concurrency=2, burst=True, shutdown_timeout=5).run()
