@@ -106,3 +106,37 @@ def test_changing_a_host_needs_the_trust_engine_permission(staff, secret_job, ad
     assert trusted.get(add).status_code == 200
     assert b'name="connection_string"' in trusted.get(change).content
     assert admin_client.get(add).status_code == 200, "superusers have every permission"
+
+
+def test_a_projects_get_queryset_restricts_pages_live_view_and_actions(
+    client, django_user_model, secret_job, monkeypatch
+):
+    """The README's recipe: the job admin's get_queryset decides who sees which job, and the
+    job page, its live view and the actions all go through it."""
+    from django.contrib import admin
+
+    from container_manager.admin import ContainerJobAdmin
+
+    job_admin = admin.site._registry[ContainerJob]
+    assert isinstance(job_admin, ContainerJobAdmin)
+
+    def own_jobs(request):
+        jobs = ContainerJobAdmin.get_queryset(job_admin, request)
+        return jobs.filter(submitted_by=f"user:{request.user.get_username()}")
+
+    monkeypatch.setattr(job_admin, "get_queryset", own_jobs)
+    user = django_user_model.objects.create_user("other", password="pw", is_staff=True)
+    user.user_permissions.set(
+        Permission.objects.filter(codename__in=["view_containerjob", "change_containerjob"])
+    )
+    client.force_login(user)
+    page = reverse("admin:container_manager_containerjob_change", args=[secret_job.pk])
+    live = reverse("admin:container_manager_live", args=[secret_job.pk])
+    assert client.get(page).status_code == 302, "not found: back to the list"
+    assert client.get(live).status_code == 404
+    ContainerJob.objects.filter(pk=secret_job.pk).update(status=JobStatus.QUEUED)
+    client.post(JOBS, {"action": "cancel_jobs", "_selected_action": [str(secret_job.pk)]})
+    secret_job.refresh_from_db()
+    assert secret_job.status == JobStatus.QUEUED, "another's job: the action never saw it"
+    ContainerJob.objects.filter(pk=secret_job.pk).update(submitted_by="user:other")
+    assert client.get(live).status_code == 200
