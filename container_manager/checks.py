@@ -42,6 +42,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         messages.append(
             checks.Error("LOG_TAIL_BYTES must be at least 1024.", id="container_manager.E003")
         )
+    if conf.ENGINE_LOG_MAX_BYTES is not None and conf.ENGINE_LOG_MAX_BYTES < conf.LOG_TAIL_BYTES:
+        messages.append(
+            checks.Warning(
+                "ENGINE_LOG_MAX_BYTES is smaller than LOG_TAIL_BYTES: the engine keeps less of a"
+                " job's output than the app means to record.",
+                id="container_manager.W005",
+            )
+        )
     if conf.LEASE_SECONDS < 3 * conf.POLL_INTERVAL:
         messages.append(
             checks.Warning(

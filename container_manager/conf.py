@@ -39,6 +39,11 @@ class Settings:
     STOP_GRACE_SECONDS: int = 5
     #: Bytes of stdout and of stderr kept in the database (the tail).
     LOG_TAIL_BYTES: int = 1024 * 1024
+    #: Bytes of a job's output its engine keeps on its own disk (json-file, in two files of
+    #: half this each) until the worker harvests it; None: the engine's own logging config.
+    #: Keep it at least LOG_TAIL_BYTES: the tail the app keeps is read from what the engine
+    #: kept. (With LOG_STORAGE, output beyond it is missing from the stored file.)
+    ENGINE_LOG_MAX_BYTES: int | None = 64 * 1024 * 1024
     #: Whether the job's known secret values are redacted from its stored output tails (they
     #: are always redacted from errors and log lines).
     REDACT_OUTPUT: bool = True
@@ -112,6 +117,7 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "JOB_RETENTION_DAYS": (int, type(None)),
     "DEFAULT_PIDS_LIMIT": (int, type(None)),
     "REDACT_OUTPUT": (bool,),
+    "ENGINE_LOG_MAX_BYTES": (int, type(None)),
 }
 
 

@@ -144,7 +144,18 @@ def _hardening(spec: JobSpec) -> dict[str, Any]:
         kwargs["cap_add"] = list(spec.cap_add)
     if spec.cap_drop:
         kwargs["cap_drop"] = list(spec.cap_drop)
+    if log_config := engine_log_config():
+        kwargs["log_config"] = log_config
     return kwargs
+
+
+def engine_log_config() -> docker.types.LogConfig | None:
+    """The capped json-file log of a job's container (ENGINE_LOG_MAX_BYTES), or None."""
+    cap = get_settings().ENGINE_LOG_MAX_BYTES
+    if not cap:
+        return None
+    size = max(cap // 2, 1024)
+    return docker.types.LogConfig(type="json-file", config={"max-size": str(size), "max-file": "2"})
 
 
 def _mount(mount: Mount) -> docker.types.Mount:

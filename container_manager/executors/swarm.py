@@ -46,6 +46,7 @@ from datetime import UTC, datetime
 from typing import Any, ClassVar
 
 from docker.types import (
+    DriverConfig,
     Placement,
     RestartPolicy,
     ServiceMode,
@@ -64,7 +65,7 @@ from ..exceptions import (
 from ..spec import JobSource
 from . import swarm_spec
 from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream
-from .docker import DockerExecutor, _parse_time
+from .docker import DockerExecutor, _parse_time, engine_log_config
 
 __all__ = ["SwarmExecutor", "swarm_constraint"]
 
@@ -104,6 +105,12 @@ def swarm_constraint(item: str) -> str:
         return item
     name, sep, value = item.partition("=")
     return f"node.labels.{name.strip()}=={value.strip() if sep else 'true'}"
+
+
+def _log_driver() -> DriverConfig | None:
+    """The task's capped json-file log, as for a plain container (ENGINE_LOG_MAX_BYTES)."""
+    config = engine_log_config()
+    return DriverConfig(config.type, config.config) if config is not None else None
 
 
 def _state(task: Task) -> str:
@@ -203,6 +210,7 @@ class SwarmExecutor(DockerExecutor):
                 resources=swarm_spec.resources(spec, api_version),
                 restart_policy=RestartPolicy(condition="none"),
                 placement=Placement(constraints=constraints) if constraints else None,
+                log_driver=_log_driver(),
             ),
             "name": spec.name,
             "labels": spec.labels,

@@ -395,3 +395,29 @@ def test_removing_a_container_removes_its_anonymous_volumes(
             docker_client.api.remove_container(container_id, force=True, v=True)
         with suppress(docker.errors.APIError):
             docker_client.volumes.get(volume).remove(force=True)
+
+
+def test_the_engine_keeps_only_the_capped_log_and_the_tail_survives(
+    executor, test_image, docker_client, remove_later, settings
+):
+    """A job's json-file log on the engine's disk stays within ENGINE_LOG_MAX_BYTES (two
+    files of half each) however much it prints; its last lines are still there to harvest."""
+    import os
+
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "ENGINE_LOG_MAX_BYTES": 64 * 1024}
+    script = "i=0; while [ $i -lt 8000 ]; do echo line-$i-padding-padding; i=$((i+1)); done"
+    container_id = remove_later(executor.run(_spec(test_image, "sh", "-c", script)))
+    assert executor.wait(container_id, timeout=60) == 0
+    attrs = docker_client.api.inspect_container(container_id)
+    assert attrs["HostConfig"]["LogConfig"] == {
+        "Type": "json-file",
+        "Config": {"max-file": "2", "max-size": "32768"},
+    }
+    log_dir = os.path.dirname(attrs["LogPath"])
+    kept = sum(
+        os.path.getsize(os.path.join(log_dir, name))
+        for name in os.listdir(log_dir)
+        if name.startswith(os.path.basename(attrs["LogPath"]))
+    )
+    assert kept <= 2 * 32768 + 4096, "about 330 KB printed, at most the cap kept"
+    assert executor.tail_output(container_id, "stdout", 1) == b"line-7999-padding-padding\n"

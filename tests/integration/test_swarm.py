@@ -23,9 +23,10 @@ import docker
 import pytest
 from django.core import serializers
 
+from container_manager.exceptions import InvalidJobError
 from container_manager.executors.base import BaseExecutor, JobSpec
 from container_manager.executors.swarm import SwarmExecutor
-from container_manager.models import ExecutorHost, JobAttempt, JobStatus
+from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
 from container_manager.queue import submit
 from container_manager.testing.images import TEST_IMAGE, build_busybox_image
 from container_manager.worker import Worker
@@ -392,20 +393,29 @@ def gone_eventually(get: Callable[[], Any], timeout: float = 10) -> bool:
     return False
 
 
-def test_network_none_fails_the_launch_once_naming_the_field(swarm_host, swarm_client, settings):
+def test_network_none_is_refused_at_submission_or_fails_the_launch_once(
+    swarm_host, swarm_client, settings
+):
     """Swarm has no "none" network (only a plain engine's NETWORK_MODE setting may say
-    "none", and Swarm ignores that): a job naming it fails without retries, before anything
-    is asked of the engine."""
+    "none", and Swarm ignores that): a job naming it is refused at submission; one that
+    reaches a worker anyway (saved without validation) fails once, before anything is asked
+    of the engine."""
     settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "NETWORK_MODE": None}
-    job = submit(host=swarm_host, image=TEST_IMAGE, command="true", network="none", max_retries=2)
+    refusal = (
+        "The swarm executor cannot honour network 'none': Swarm has no such"
+        " network (its predefined networks are bridge and host)."
+    )
+    with pytest.raises(InvalidJobError, match="network: The swarm executor cannot honour"):
+        submit(host=swarm_host, image=TEST_IMAGE, command="true", network="none")
+    job = ContainerJob.objects.create(
+        docker_host=swarm_host, docker_image=TEST_IMAGE, command="true", network="none",
+        max_retries=2,
+    )  # fmt: skip
 
     burst()
 
     job = fresh(job)
     assert job.status == JobStatus.FAILED
-    assert job.last_error == (
-        "Launch failed: The swarm executor cannot honour network 'none': Swarm has no such"
-        " network (its predefined networks are bridge and host)."
-    )
+    assert job.last_error == f"Launch failed: {refusal}"
     assert JobAttempt.objects.filter(job=job).count() == 1, "not retried"
     assert services_named(swarm_client, JobAttempt.objects.get(job=job).container_name) == []

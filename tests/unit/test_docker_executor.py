@@ -554,6 +554,7 @@ def test_create_passes_the_whole_spec_to_the_engine():
             privileged=False,
             read_only=False,
             pids_limit=4096,
+            log_config={"Type": "json-file", "Config": {"max-size": "33554432", "max-file": "2"}},
             mem_limit="64m",
             memswap_limit="64m",
             cpu_period=100_000,
@@ -1476,3 +1477,14 @@ def test_a_conflict_without_a_409_is_not_taken_for_one():
         with pytest.raises(ExecutorError, match="already in use"):
             executor.create(_spec())
         mock_client.return_value.containers.get.assert_not_called()
+
+
+def test_the_engine_log_is_capped_by_the_setting_or_left_to_the_engine(settings):
+    executor = _executor()
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "ENGINE_LOG_MAX_BYTES": 4096}
+    assert executor._create_kwargs(_spec())["log_config"] == {
+        "Type": "json-file",
+        "Config": {"max-size": "2048", "max-file": "2"},
+    }
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "ENGINE_LOG_MAX_BYTES": None}
+    assert "log_config" not in executor._create_kwargs(_spec())

@@ -859,3 +859,12 @@ def test_an_engine_that_does_not_answer_is_a_connection_error_everywhere():
         ):
             with pytest.raises(ExecutorConnectionError, match=re.escape("tcp://127.0.0.1:1")):
                 action()
+
+
+def test_the_tasks_log_is_capped_as_a_containers(sdk, settings):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "ENGINE_LOG_MAX_BYTES": 4096}
+    _executor().run(_spec())
+    assert _created_kwargs(sdk)["task_template"]["LogDriver"] == {
+        "Name": "json-file",
+        "Options": {"max-size": "2048", "max-file": "2"},
+    }
