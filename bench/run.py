@@ -85,7 +85,16 @@ def raw_client():
 def raw_job(client, command=("true",)) -> None:
     """What the worker does for a job, done directly: create, start, wait, logs, remove."""
     container = client.containers.create(
-        IMAGE, list(command), labels={RUN_LABEL: RUN_ID}, network_mode=NETWORK_MODE
+        IMAGE,
+        list(command),
+        labels={RUN_LABEL: RUN_ID},
+        network_mode=NETWORK_MODE,
+        # The worker's secure defaults, so that both sides start the same container: an init
+        # process, no new privileges, a process limit, a capped json-file log.
+        init=True,
+        security_opt=["no-new-privileges:true"],
+        pids_limit=4096,
+        log_config={"Type": "json-file", "Config": {"max-size": "33554432", "max-file": "2"}},
     )
     container.start()
     container.wait()
