@@ -36,6 +36,7 @@ def run(*args):
 def test_the_command_line_records_its_login(host):
     job_id = run("container_job", "submit", "--host", "who", "--image", "busybox").strip()
     assert ContainerJob.objects.get(pk=job_id).submitted_by == f"cli:{getpass.getuser()}"
+    assert f"Submitter:   cli:{getpass.getuser()}" in run("container_job", "show", job_id)
 
 
 def test_an_api_caller_says_who_it_is(host):

@@ -110,6 +110,7 @@ class Command(BaseCommand):
             ("Container", job.container_id or "-"),
             ("Exit code", "-" if job.exit_code is None else str(job.exit_code)),
             ("OOM killed", "yes" if job.oom_killed else "no"),
+            ("Submitter", job.submitted_by or "-"),
             ("Created", _when(job.created_at)),
             ("Started", _when(job.started_at)),
             ("Completed", _when(job.completed_at)),
