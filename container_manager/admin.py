@@ -311,11 +311,15 @@ class ContainerJobAdmin(SafeLookups):
     def live_view(self, request: HttpRequest, object_id: Any) -> JsonResponse:
         """The job's status, changing fields and output tails, for its page: from the database,
         and for a running job its output so far from the engine (this one job, on demand)."""
-        query = self.get_queryset(request).annotate(
-            stdout_tail=Right("stdout_log", LIVE_TAIL),
-            stderr_tail=Right("stderr_log", LIVE_TAIL),
-            output_length=Length("stdout_log") + Length("stderr_log"),
-        ).defer("override_environment")
+        query = (
+            self.get_queryset(request)
+            .annotate(
+                stdout_tail=Right("stdout_log", LIVE_TAIL),
+                stderr_tail=Right("stderr_log", LIVE_TAIL),
+                output_length=Length("stdout_log") + Length("stderr_log"),
+            )
+            .defer("override_environment")
+        )
         job: WithAnnotations[ContainerJob, _Tails] = get_object_or_404(query, pk=object_id)
         if not self.has_view_permission(request, job):
             raise PermissionDenied
