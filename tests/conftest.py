@@ -44,6 +44,25 @@ def _isolation(settings: Any) -> Iterator[None]:
     FakeExecutor.reset()
 
 
+@pytest.fixture(autouse=True)
+def _no_worker_left_running(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Stop every Worker a test ran, even when the test failed before stopping it: a worker
+    thread left running would keep the test process from exiting (a hang, not a failure)."""
+    from container_manager.worker import Worker
+
+    ran: list[Worker] = []
+    run = Worker.run
+
+    def recorded(self: Worker, *args: Any, **kwargs: Any) -> Any:
+        ran.append(self)
+        return run(self, *args, **kwargs)
+
+    monkeypatch.setattr(Worker, "run", recorded)
+    yield
+    for worker in ran:
+        worker.stop()
+
+
 @pytest.fixture(scope="session")
 def docker_client() -> Iterator[Any]:
     """A raw Docker SDK client for the test engine, with the offline test image built."""
