@@ -11,6 +11,8 @@ import shlex
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .spec import JobSpec
+
 if TYPE_CHECKING:
     from .models import ContainerJob, ExecutorHost, RegistryCredential
 
@@ -83,13 +85,20 @@ def _recorded_value(key: str, value: Any) -> str:
     return _words(value)
 
 
+_RECORD_ORDER = tuple(JobSpec(job_id="", attempt=0, image="").describe())
+
+
 def recorded_spec_text(spec: Mapping[str, Any] | object) -> str:
     """One line of what an attempt ran with (its ``JobAttempt.spec``): the values that are
     set, as ``key=value; ...``, true flags by name. Secrets are names there already."""
     if not isinstance(spec, Mapping) or not spec:
         return "(not recorded)"
     parts = []
-    for key, value in spec.items():
+    # In describe()'s order: a JSON column's keys come back in another (PostgreSQL's jsonb
+    # sorts them), and the line must read the same on every database.
+    known = [key for key in _RECORD_ORDER if key in spec]
+    for key in known + sorted(set(spec) - set(known)):
+        value = spec[key]
         if value is True:
             parts.append(key)
         elif value not in (None, "", False, [], {}):
