@@ -689,20 +689,26 @@ class ContainerJob(models.Model):
                 for k, v in sorted((self.required_labels or {}).items())
                 if k != "executor"
             ],
-            entrypoint=parse_entrypoint(self.entrypoint),
-            user=self.user,
-            mounts=tuple(parse_mounts(self.mounts)),
             secret_references=parse_secret_environment(self.secret_environment),
             registry_credential=credential.registry if credential else "",
             registry_username=credential.username if credential else "",
-            gpus=self.gpus or None,
-            shm_size_mb=self.shm_size_mb,
-            pids_limit=self.pids_limit,
-            read_only_rootfs=self.read_only_rootfs,
-            cap_add=tuple(parse_capabilities(self.cap_add)),
-            cap_drop=tuple(parse_capabilities(self.cap_drop)),
-            privileged=self.privileged,
+            **self._container_asks(),
         )
+
+    def _container_asks(self) -> dict[str, Any]:
+        """The spec's fields read from this row alone: what the container is asked to be."""
+        return {
+            "entrypoint": parse_entrypoint(self.entrypoint),
+            "user": self.user,
+            "mounts": tuple(parse_mounts(self.mounts)),
+            "gpus": self.gpus or None,
+            "shm_size_mb": self.shm_size_mb,
+            "pids_limit": self.pids_limit,
+            "read_only_rootfs": self.read_only_rootfs,
+            "cap_add": tuple(parse_capabilities(self.cap_add)),
+            "cap_drop": tuple(parse_capabilities(self.cap_drop)),
+            "privileged": self.privileged,
+        }
 
     def request(self) -> JobSpec:
         """What placement checks against a host's policy: the spec's asks, read from this
@@ -714,18 +720,9 @@ class ContainerJob(models.Model):
             memory_limit_mb=self.memory_limit,
             cpu_limit=self.cpu_limit,
             network_mode=self.network or None,
-            entrypoint=list(self.entrypoint or []),
-            user=self.user,
-            mounts=tuple(parse_mounts(self.mounts)),
             secret_references=dict(self.secret_environment or {}),
             registry_credential="yes" if self.registry_credential_id else "",
-            gpus=self.gpus or None,
-            shm_size_mb=self.shm_size_mb,
-            pids_limit=self.pids_limit,
-            read_only_rootfs=self.read_only_rootfs,
-            cap_add=tuple(parse_capabilities(self.cap_add)),
-            cap_drop=tuple(parse_capabilities(self.cap_drop)),
-            privileged=self.privileged,
+            **self._container_asks(),
         )
 
     def resolved_spec(self, attempt: int | None = None) -> JobSpec:
