@@ -206,7 +206,8 @@ def test_cancelling_a_running_job_stops_it_and_removes_the_service(swarm_host, s
     name = JobAttempt.objects.get(job=job).container_name
     assert services_named(swarm_client, name) == []
     # Removing the service removed its task's container too (job mode on 20.10 would not).
-    until(lambda: not swarm_client.containers.list(
+    # (The low-level listing: no inspection of each container, which races its removal.)
+    until(lambda: not swarm_client.api.containers(
         all=True, filters={"label": f"container_manager.job={job.pk}"}
     ), timeout=15)  # fmt: skip
 
