@@ -65,7 +65,8 @@ from ..exceptions import (
 from ..spec import JobSource
 from . import swarm_spec
 from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream
-from .docker import DockerExecutor, _parse_time, engine_log_config
+from .docker import DockerExecutor, _parse_time
+from .docker_spec import engine_log_config
 
 __all__ = ["SwarmExecutor", "swarm_constraint"]
 

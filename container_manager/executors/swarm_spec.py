@@ -39,7 +39,7 @@ from docker.utils import version_gte
 
 from ..conf import get_settings
 from ..spec import JobSpec, RegistryAuth
-from .docker import _mount
+from .docker_spec import _mount
 
 __all__ = [
     "SUPPORTED_FIELDS",
