@@ -25,7 +25,6 @@ from .admin_fields import LinesField, PairsField, SafeLookups, badge, seconds, s
 from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
 from .models import ContainerJob, JobAttempt, JobStatus
-from .output import live_tail
 from .spec import SPEC_FIELDS
 from .spec_text import mount_text, recorded_spec_text, secrets_text
 
@@ -309,8 +308,9 @@ class ContainerJobAdmin(SafeLookups):
         return super().change_view(request, object_id, form_url, context)
 
     def live_view(self, request: HttpRequest, object_id: Any) -> JsonResponse:
-        """The job's status, changing fields and output tails, for its page: from the database,
-        and for a running job its output so far from the engine (this one job, on demand)."""
+        """The job's status, changing fields and output tails, for its page, from the database
+        only (a running job's latest output is what its worker recorded last: the web process
+        never asks an engine)."""
         query = (
             self.get_queryset(request)
             .annotate(
@@ -323,9 +323,6 @@ class ContainerJobAdmin(SafeLookups):
         job: WithAnnotations[ContainerJob, _Tails] = get_object_or_404(query, pk=object_id)
         if not self.has_view_permission(request, job):
             raise PermissionDenied
-        if live := live_tail(job):  # a running job's output so far, from its engine
-            job.stdout_tail, job.stderr_tail = live
-            job.output_length = len(live[0]) + len(live[1])
         return JsonResponse({
             "status": job.status,
             "badge": badge(job.status),

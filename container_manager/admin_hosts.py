@@ -16,8 +16,9 @@ from django.http import HttpRequest
 from django.utils.html import format_html
 from django.utils.safestring import SafeString
 
-from . import health, overview
+from . import overview
 from .admin_fields import BADGE, LinesField, SafeLookups, short_time
+from .conf import get_settings
 from .environment import MASK, masked_text, stored_as_text, unmask
 from .exceptions import InvalidJobError
 from .models import EnvironmentVariableTemplate, ExecutorHost, RegistryCredential
@@ -116,7 +117,7 @@ class ExecutorHostAdmin(SafeLookups):
 
     @admin.display(description="last check", ordering="last_health_check")
     def last_check(self, obj: ExecutorHost) -> str:
-        return short_time(obj.last_health_check)
+        return short_time(obj.last_health_check) if obj.last_health_check else "pending"
 
     @admin.display(description="running / capacity")
     def load(self, obj: ExecutorHost) -> str:
@@ -127,14 +128,20 @@ class ExecutorHostAdmin(SafeLookups):
     def engine_capacity(self, obj: ExecutorHost) -> str:
         return host_capacity_text(obj)
 
-    @admin.action(permissions=["change"], description="Check now (ping the engines)")
+    @admin.action(permissions=["change"], description="Check at the workers' next health pass")
     def check_now(self, request: HttpRequest, hosts: QuerySet[ExecutorHost]) -> None:
+        """Ask the workers to check these hosts (inactive ones too) at their next health
+        pass: the web process never talks to an engine, so it needs no engine credentials."""
+        within = get_settings().HEALTH_CHECK_INTERVAL
         for host in hosts:
-            healthy, detail = health.check_host(host)
-            word = "healthy" if healthy else "unhealthy"
-            self.log_change(request, host, f"Health check from the admin: {word} ({detail}).")
-            level = messages.SUCCESS if healthy else messages.WARNING
-            self.message_user(request, f"{host.name}: {word} ({detail})", level)
+            host.request_health_check()
+            self.log_change(request, host, "Health check requested from the admin.")
+            self.message_user(
+                request,
+                f"{host.name}: check requested; a worker checks it within {within:.0f}s"
+                " (reload this page to see the outcome).",
+                messages.SUCCESS,
+            )
 
 
 @admin.register(RegistryCredential)

@@ -45,8 +45,9 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
     if conf.ENGINE_LOG_MAX_BYTES is not None and conf.ENGINE_LOG_MAX_BYTES < conf.LOG_TAIL_BYTES:
         messages.append(
             checks.Warning(
-                "ENGINE_LOG_MAX_BYTES is smaller than LOG_TAIL_BYTES: the engine keeps less of a"
-                " job's output than the app means to record.",
+                "ENGINE_LOG_MAX_BYTES is smaller than LOG_TAIL_BYTES: where output is read after"
+                " the exit (Swarm services, a follow that ended early) the engine keeps less of"
+                " a job's output than the app means to record.",
                 id="container_manager.W005",
             )
         )

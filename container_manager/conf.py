@@ -29,6 +29,17 @@ class Settings:
     EXECUTORS: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_EXECUTORS))
     #: Seconds the SDK waits for an engine answer (not for a job: waits use their own).
     ENGINE_TIMEOUT: float = 30.0
+    #: Seconds a launch may take to reach running (pulling the image included) before the
+    #: worker gives it up and retries the job; a host's ``start_timeout`` overrides it.
+    #: None: no limit (each engine call still has ENGINE_TIMEOUT).
+    START_TIMEOUT: float | None = 600.0
+    #: Attempts an engine's restart may end (its containers killed under the jobs) that do
+    #: not count against a job's ``max_retries``.
+    MAX_INFRASTRUCTURE_RETRIES: int = 3
+    #: Seconds a worker watches the engine after a job was killed by a signal it did not
+    #: send: an engine that goes away meanwhile was shutting down (an infrastructure
+    #: failure, retried), one that stays is telling the job's own end.
+    ENGINE_SHUTDOWN_PROBE: float = 15.0
     #: Seconds a worker sleeps when it found nothing to claim.
     POLL_INTERVAL: float = 1.0
     #: Seconds a claim on a job is valid without renewal.
@@ -40,10 +51,16 @@ class Settings:
     #: Bytes of stdout and of stderr kept in the database (the tail).
     LOG_TAIL_BYTES: int = 1024 * 1024
     #: Bytes of a job's output its engine keeps on its own disk (json-file, in two files of
-    #: half this each) until the worker harvests it; None: the engine's own logging config.
-    #: Keep it at least LOG_TAIL_BYTES: the tail the app keeps is read from what the engine
-    #: kept. (With LOG_STORAGE, output beyond it is missing from the stored file.)
+    #: half this each); None: the engine's own logging config. Docker jobs' output is read
+    #: while they run, so the cap loses nothing; where it is read after the exit (Swarm, a
+    #: follow that ended early), keep it at least LOG_TAIL_BYTES.
     ENGINE_LOG_MAX_BYTES: int | None = 64 * 1024 * 1024
+    #: Seconds between the worker's records of a running job's latest output (what the
+    #: admin's live view and ``container_job logs`` show while it runs; the web process
+    #: never asks an engine); None: nothing is recorded until the job ends.
+    LIVE_OUTPUT_INTERVAL: float | None = 2.0
+    #: Bytes of each stream that record keeps (the end of what the job wrote so far).
+    LIVE_OUTPUT_BYTES: int = 64 * 1024
     #: Whether the job's known secret values are redacted from its stored output tails (they
     #: are always redacted from errors and log lines).
     REDACT_OUTPUT: bool = True
@@ -118,6 +135,8 @@ _TYPES: dict[str, tuple[type, ...]] = {
     "DEFAULT_PIDS_LIMIT": (int, type(None)),
     "REDACT_OUTPUT": (bool,),
     "ENGINE_LOG_MAX_BYTES": (int, type(None)),
+    "LIVE_OUTPUT_INTERVAL": (int, float, type(None)),
+    "START_TIMEOUT": (int, float, type(None)),
 }
 
 

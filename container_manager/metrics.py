@@ -24,7 +24,9 @@ jobs: serve them from the worker with :func:`start_worker_metrics_server`, besid
 process's faults (:class:`FaultCollector`): ``container_jobs_worker_database_outages_total``,
 ``container_jobs_worker_database_outage_seconds_total`` (the outage under way included),
 ``container_jobs_worker_database_unreachable`` (1/0) and
-``container_jobs_worker_adoptions_total{cause}`` (``lease_expired``, ``holder_dead``).
+``container_jobs_worker_adoptions_total{cause}`` (``lease_expired``, ``holder_dead``),
+``container_jobs_worker_stuck_launches_total`` and
+``container_jobs_worker_infrastructure_retries_total``.
 
 Only this module imports ``prometheus_client``, and only when a scrape happens; without the
 package the view answers 501.
@@ -45,7 +47,7 @@ from django.http import HttpRequest, HttpResponse
 from . import overview
 from .conf import get_settings
 from .models import ContainerJob, JobStatus
-from .outage import ADOPTIONS, OUTAGE
+from .outage import ADOPTIONS, INFRASTRUCTURE_RETRIES, OUTAGE, STUCK_LAUNCHES
 from .signals import job_finished, job_started
 
 __all__ = [
@@ -266,7 +268,17 @@ class FaultCollector:
         )
         for cause, count in ADOPTIONS.snapshot().items():
             adoptions.add_metric([cause], count)
-        yield from (outages, seconds, down, adoptions)
+        stuck = CounterMetricFamily(
+            "container_jobs_worker_stuck_launches",
+            "Launches this process gave up after START_TIMEOUT.",
+            value=STUCK_LAUNCHES.count,
+        )
+        infrastructure = CounterMetricFamily(
+            "container_jobs_worker_infrastructure_retries",
+            "Attempts this process retried because their engine stopped under them.",
+            value=INFRASTRUCTURE_RETRIES.count,
+        )
+        yield from (outages, seconds, down, adoptions, stuck, infrastructure)
 
 
 #: This process's signal-fed histograms (connected by :func:`connect_signal_metrics`).

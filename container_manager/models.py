@@ -243,6 +243,14 @@ class ExecutorHost(models.Model):
     is_active = models.BooleanField(
         default=True, help_text="Takes new jobs (off: drained; running jobs finish)"
     )
+    start_timeout = models.PositiveIntegerField(
+        "start timeout (s)",
+        null=True,
+        blank=True,
+        validators=[MinValueValidator(1)],
+        help_text="Seconds a launch may take to reach running, pulls included (empty: the"
+        " START_TIMEOUT setting)",
+    )
     labels = models.JSONField(
         default=dict, blank=True, help_text='Placement labels, e.g. {"gpu": "true", "region": "eu"}'
     )
@@ -338,6 +346,11 @@ class ExecutorHost(models.Model):
             if path == base or path.startswith(base if base == "/" else base + "/"):
                 return True
         return False
+
+    def request_health_check(self) -> None:
+        """Have the workers check this host at their next health pass, even if inactive."""
+        ExecutorHost.objects.filter(pk=self.pk).update(last_health_check=None)
+        self.last_health_check = None
 
     def record_health(
         self, healthy: bool, error: str = "", capacity: tuple[float, int] | None = None
@@ -512,6 +525,9 @@ class ContainerJob(models.Model):
 
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
     attempt_count = models.PositiveIntegerField(default=0)
+    #: Attempts ended by the infrastructure (an engine that restarted under the job), which
+    #: do not count against ``max_retries`` (up to MAX_INFRASTRUCTURE_RETRIES).
+    infrastructure_retries = models.PositiveIntegerField(default=0, editable=False)
     container_id = models.CharField(max_length=128, blank=True)
     exit_code = models.IntegerField(null=True, blank=True)
     oom_killed = models.BooleanField(default=False)
@@ -765,6 +781,9 @@ class ContainerJob(models.Model):
             status=JobStatus.RUNNING,
             container_id=container_id,
             started_at=self.started_at or timezone.now(),
+            # What an earlier attempt's live output left: this attempt's replaces it.
+            stdout_log="",
+            stderr_log="",
         )
 
     def mark_finished(self, worker_id: str | None, status: JobStatus, **outcome: Any) -> bool:
@@ -781,19 +800,40 @@ class ContainerJob(models.Model):
             **outcome,
         )
 
-    def requeue(self, worker_id: str | None, run_after: datetime | None, error: str) -> bool:
-        """Put the job back in the queue for another attempt."""
-        return self._transition(
-            JobStatus.active(),
-            worker_id,
-            status=JobStatus.QUEUED,
-            run_after=run_after,
-            last_error=error,
-            started_at=None,  # the next attempt's deadline counts from its own start
-            container_id="",
-            worker_id="",
-            lease_expires_at=None,
-        )
+    def requeue(
+        self,
+        worker_id: str | None,
+        run_after: datetime | None,
+        error: str,
+        *,
+        elsewhere: bool = False,
+        infrastructure: bool = False,
+    ) -> bool:
+        """Put the job back in the queue for another attempt: ``elsewhere`` on another host
+        when the queue placed it; ``infrastructure`` not counting against ``max_retries``."""
+        changes: dict[str, Any] = {
+            "status": JobStatus.QUEUED,
+            "run_after": run_after,
+            "last_error": error,
+            "started_at": None,  # the next attempt's deadline counts from its own start
+            "container_id": "",
+            "worker_id": "",
+            "lease_expires_at": None,
+        }
+        if infrastructure:
+            changes["infrastructure_retries"] = self.infrastructure_retries + 1
+        if elsewhere and self.auto_placed:
+            changes.update(self._replacing(error))
+        return self._transition(JobStatus.active(), worker_id, **changes)
+
+    @staticmethod
+    def _replacing(reason: str) -> dict[str, Any]:
+        """The changes that send a placed job back to placement."""
+        return {
+            "docker_host": None,
+            "auto_placed": False,
+            "placement_reason": f"Re-placing: {reason}",
+        }
 
     def mark_lost(self, reason: str) -> bool:
         """Its host stayed unreachable: queue it for another attempt (elsewhere, when the
@@ -808,9 +848,7 @@ class ContainerJob(models.Model):
             "lease_expires_at": None,
         }
         if self.auto_placed:
-            changes.update(
-                docker_host=None, auto_placed=False, placement_reason=f"Re-placing: {reason}"
-            )
+            changes.update(self._replacing(reason))
         return self._transition(JobStatus.active(), None, **changes)
 
     def cancel(self) -> bool:
@@ -865,16 +903,11 @@ class JobAttempt(models.Model):
     @classmethod
     def of(cls, job: ContainerJob, number: int | None = None, **fields: Any) -> JobAttempt:
         """The (unsaved) row of attempt ``number`` (default: the job's current one) of
-        ``job``, on the job's host, with ``fields``."""
+        ``job``, with ``fields`` (by default on the job's host, by the job's worker)."""
         number = job.attempt_count if number is None else number
-        return cls(
-            job=job,
-            number=number,
-            host=job.docker_host,
-            worker_id=job.worker_id,
-            container_name=container_name(job.pk, number),
-            **fields,
-        )
+        fields.setdefault("host", job.docker_host)
+        fields.setdefault("worker_id", job.worker_id)
+        return cls(job=job, number=number, container_name=container_name(job.pk, number), **fields)
 
 
 class WorkerHeartbeat(models.Model):
@@ -888,6 +921,8 @@ class WorkerHeartbeat(models.Model):
     running_jobs = models.PositiveIntegerField(default=0)
     started_at = models.DateTimeField(default=timezone.now)
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
+    #: The worker's last fault, written once it is over: "database unreachable since ...".
+    degraded = models.CharField(max_length=300, blank=True)
 
     class Meta:
         ordering: ClassVar = ["worker_id"]

@@ -25,10 +25,13 @@ from .exceptions import ContainerManagerError
 __all__ = [
     "ADOPTIONS",
     "DB_ERRORS",
+    "INFRASTRUCTURE_RETRIES",
     "OUTAGE",
+    "STUCK_LAUNCHES",
     "Adoptions",
     "DatabaseUnavailable",
     "Outage",
+    "Tally",
     "backoff",
     "is_outage",
     "retry_db",
@@ -98,6 +101,7 @@ class Outage:
         self.since: datetime | None = None  # wall clock of its first failure, for people
         self.outages = 0  # confirmed ones
         self.seconds = 0.0  # spent in confirmed outages that ended
+        self.last: tuple[datetime, float] | None = None  # the last one's start and length
 
     @property
     def down(self) -> bool:
@@ -127,8 +131,17 @@ class Outage:
             self._since, self._confirmed = None, False
             if confirmed:
                 self.seconds += took
+                if self.since is not None:
+                    self.last = (self.since, took)
         if confirmed:
             log.warning("database back after %.1fs", took)
+
+    def last_fault(self) -> str:
+        """The last confirmed outage that ended, for the worker's heartbeat ('' if none)."""
+        if self.last is None:
+            return ""
+        since, took = self.last
+        return f"database unreachable since {since:%Y-%m-%d %H:%M:%S} UTC, for {took:.1f}s"
 
     def current_seconds(self) -> float:
         """Seconds spent in confirmed outages, the one under way included."""
@@ -193,3 +206,26 @@ def retry_db(call: Callable[[], T], *, stop: threading.Event, where: str) -> T:
         if tries:  # it failed, and now reached the database: (only) that proves it is back
             OUTAGE.recovered()
         return result
+
+
+class Tally:
+    """A count of one kind of fault this process met; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.count = 0
+
+    def add(self) -> None:
+        with self._lock:
+            self.count += 1
+
+    def reset(self) -> None:
+        """Forget the count (for tests)."""
+        with self._lock:
+            self.count = 0
+
+
+#: Launches this process gave up after START_TIMEOUT.
+STUCK_LAUNCHES = Tally()
+#: Attempts this process retried because their engine stopped under them.
+INFRASTRUCTURE_RETRIES = Tally()

@@ -4,6 +4,7 @@ everything through Django's storage API. Memory stays bounded whatever a job pri
 from __future__ import annotations
 
 import tempfile
+import threading
 from collections.abc import Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
@@ -16,9 +17,10 @@ from .conf import get_settings
 
 if TYPE_CHECKING:
     from .executors.base import BaseExecutor, Stream
-    from .models import ContainerJob
 
-__all__ = ["CollectedOutput", "TailBuffer", "collect_output", "live_tail"]
+__all__ = ["STREAMS", "CollectedOutput", "OutputCollection", "TailBuffer", "collect_output"]
+
+STREAMS: tuple[Stream, Stream] = ("stdout", "stderr")
 
 
 class TailBuffer:
@@ -39,12 +41,14 @@ class TailBuffer:
     def truncated(self) -> bool:
         return self.total > self.limit
 
-    def text(self) -> str:
-        """The tail as text: undecodable bytes replaced, NULs (which PostgreSQL text cannot
-        hold) shown as U+FFFD, and a character cut by the tail dropped."""
-        data = bytes(self._buffer[-self.limit :])
+    def text(self, limit: int | None = None) -> str:
+        """The tail (its last ``limit`` bytes) as text: undecodable bytes replaced, NULs
+        (which PostgreSQL text cannot hold) shown as U+FFFD, and a character cut by the
+        tail dropped."""
+        limit = self.limit if limit is None else min(limit, self.limit)
+        data = bytes(self._buffer[-limit:])
         text = data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
-        if self.truncated and text.startswith("\ufffd"):
+        if self.total > limit and text.startswith("\ufffd"):
             text = text.lstrip("\ufffd")
         return text
 
@@ -83,50 +87,63 @@ class _Collector:
         return CollectedOutput(self.tail.text(), self.tail.truncated, self.tail.total, stored)
 
 
-def collect_output(
-    executor: BaseExecutor, container_id: str, storage_names: Mapping[Stream, str] | None = None
-) -> dict[Stream, CollectedOutput]:
-    """Read both streams of the container in chunks, in one pass; keep the configured tail
-    of each and, when ``LOG_STORAGE`` is set, the full output in that storage under the
-    name ``storage_names`` gives the stream (a stream with no name is not stored)."""
-    conf = get_settings()
-    names = storage_names or {}
-    streams: tuple[Stream, Stream] = ("stdout", "stderr")
-    with ExitStack() as stack:
-        collectors: dict[Stream, _Collector] = {}
-        for stream in streams:
+class OutputCollection:
+    """Both streams of one container being read: the configured tail of each and, when
+    ``LOG_STORAGE`` is set, all of it spooled for that storage under the name
+    ``storage_names`` gives the stream (a stream with no name is not stored).
+
+    One thread writes (the reader of the engine's log); others may read :meth:`recent`
+    meanwhile. Close it (it is a context manager) to drop the spools.
+    """
+
+    def __init__(self, storage_names: Mapping[Stream, str] | None = None) -> None:
+        conf = get_settings()
+        names = storage_names or {}
+        self._stack = ExitStack()
+        self._lock = threading.Lock()
+        self._collectors: dict[Stream, _Collector] = {}
+        self.written = 0  # bytes written in all, both streams
+        for stream in STREAMS:
             name = names.get(stream, "") if conf.LOG_STORAGE else ""
             spool = None
             if name:
-                spool = stack.enter_context(
-                    tempfile.SpooledTemporaryFile(max_size=conf.LOG_TAIL_BYTES)
+                spool = self._stack.enter_context(
+                    tempfile.SpooledTemporaryFile(max_size=conf.LOG_TAIL_BYTES)  # noqa: SIM115 (the stack closes it)
                 )
-            collectors[stream] = _Collector(
+            self._collectors[stream] = _Collector(
                 TailBuffer(conf.LOG_TAIL_BYTES), spool, conf.LOG_STORAGE or "", name
             )
+
+    def __enter__(self) -> OutputCollection:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._stack.close()
+
+    def write(self, stream: Stream, chunk: bytes) -> None:
+        with self._lock:
+            self._collectors[stream].write(chunk)
+            self.written += len(chunk)
+
+    def recent(self, limit: int) -> dict[Stream, str]:
+        """The last ``limit`` bytes of each stream so far, as text (for a live view)."""
+        with self._lock:
+            return {s: c.tail.text(limit) for s, c in self._collectors.items()}
+
+    def result(self) -> dict[Stream, CollectedOutput]:
+        """Each stream's tail, and where all of it was stored (storing it now)."""
+        return {stream: collector.result() for stream, collector in self._collectors.items()}
+
+
+def collect_output(
+    executor: BaseExecutor, container_id: str, storage_names: Mapping[Stream, str] | None = None
+) -> dict[Stream, CollectedOutput]:
+    """Read both streams of the (exited) container in chunks, in one pass, into an
+    :class:`OutputCollection`; each stream's tail and stored name."""
+    with OutputCollection(storage_names) as output:
         for stream, chunk in executor.iter_outputs(container_id):
-            collectors[stream].write(chunk)
-        return {stream: collector.result() for stream, collector in collectors.items()}
-
-
-def live_tail(job: ContainerJob, lines: int = 200) -> tuple[str, str] | None:
-    """The last ``lines`` of a running job's stdout and stderr, read from its engine now;
-    None when the job is not running or its engine does not answer. For one job's page, on
-    demand: never call it while rendering a list."""
-    from .exceptions import ContainerManagerError
-    from .executors import get_executor
-    from .models import JobStatus
-
-    if job.status != JobStatus.RUNNING or not job.container_id or job.docker_host is None:
-        return None
-    streams: tuple[Stream, Stream] = ("stdout", "stderr")
-    try:
-        executor = get_executor(job.docker_host)
-        out, err = (executor.tail_output(job.container_id, s, lines) for s in streams)
-    except ContainerManagerError:
-        return None
-    return _text(out), _text(err)
-
-
-def _text(data: bytes) -> str:
-    return data.decode("utf-8", errors="replace").replace("\x00", "\ufffd")
+            output.write(stream, chunk)
+        return output.result()

@@ -21,6 +21,7 @@ from django.utils import timezone
 
 from . import compiled
 from .conf import get_settings
+from .deadline import CallTimedOut, call_before
 from .environment import MIN_REDACTED_CHARS, redact, secret_values
 from .exceptions import (
     ContainerNotFoundError,
@@ -31,8 +32,15 @@ from .exceptions import (
 )
 from .executors.base import BaseExecutor, ContainerState, JobSpec, Stream
 from .models import ContainerJob, JobAttempt, JobStatus
-from .outage import DatabaseUnavailable, retry_db
-from .output import CollectedOutput, collect_output
+from .outage import (
+    DB_ERRORS,
+    INFRASTRUCTURE_RETRIES,
+    STUCK_LAUNCHES,
+    DatabaseUnavailable,
+    close_broken,
+    retry_db,
+)
+from .output import CollectedOutput, OutputCollection, collect_output
 from .queue import backoff_delay, record_attempt
 from .signals import job_finished, job_started, send
 
@@ -46,6 +54,13 @@ _ENGINE_RETRY_MAX = 30.0  # seconds between tries while an engine does not answe
 # that shuts down and leaves the job for adoption (its thread, and its database connection,
 # end within this).
 _WAIT_SLICE = 5.0
+#: Exit codes of a container killed by SIGKILL or SIGTERM.
+_KILLED = frozenset({128 + 9, 128 + 15})
+_PROBE_EVERY = 0.5  # seconds between engine probes after such a death
+_REMOVE_PATIENCE = 120.0  # seconds to wait for a stopped engine to remove a container
+# Seconds the harvest waits for the followed output to end after the container exited (the
+# engine ends it within milliseconds; a hung follow is given up and the output read again).
+_FOLLOW_DRAIN = 10.0
 
 
 class Ending(Enum):
@@ -100,6 +115,30 @@ class _Sampler(threading.Thread):
                 log.debug("container=%s no stats: %s", self.container_id[:12], err)
 
 
+class _Follower(threading.Thread):
+    """Reads a running container's output as it is written (the engine's log of it is
+    capped: what the app keeps must be read before the engine drops it), into an
+    :class:`OutputCollection` the job's thread reads the live tail from, and harvests."""
+
+    def __init__(self, executor: BaseExecutor, container_id: str, output: OutputCollection) -> None:
+        super().__init__(name=f"output-{container_id[:12]}", daemon=True)
+        self.executor = executor
+        self.container_id = container_id
+        self.output = output
+        #: Whether the whole output was read: the container exited and its log ended.
+        self.complete = False
+
+    def run(self) -> None:
+        try:
+            for stream, chunk in self.executor.follow_outputs(self.container_id):
+                self.output.write(stream, chunk)
+        except ExecutorError as err:
+            log.info("container=%s output not followed to its end: %s", self.container_id[:12],
+                     err)  # fmt: skip
+        else:
+            self.complete = True
+
+
 def _secrets_of(spec: JobSpec) -> set[str]:
     """The values to keep out of what is recorded of a job: its secret-looking environment,
     its resolved secret references, its registry password."""
@@ -139,6 +178,14 @@ class JobRunner:
         self._spec_record: dict[str, Any] = {}
         #: The job's secret values, redacted from every text recorded or logged about it.
         self._secrets: set[str] = set()
+        #: The reader of the running container's output, when its executor follows it.
+        self._follower: _Follower | None = None
+        self._live_written = 0  # output bytes the last live record covered
+        self._live_due = 0.0  # monotonic time of the next live record
+        self._began = time.monotonic()  # the launch's START_TIMEOUT counts from here
+        self._host = job.docker_host  # the attempt's host (placement may change the job's)
+        #: Whether the engine stopped answering during this attempt.
+        self._engine_lost = False
 
     # ---- the whole life -------------------------------------------------------------
 
@@ -148,6 +195,9 @@ class JobRunner:
         except DatabaseUnavailable:
             # The worker stopped during a database outage: the job is left for adoption.
             log.warning("job=%s left for adoption: the database did not answer", self.job.pk)
+        finally:
+            if self._follower is not None:
+                self._follower.output.close()
 
     def _db(self, call: Callable[[], T], where: str) -> T:
         """A database call of this job's thread, retried through an outage (the container
@@ -186,13 +236,23 @@ class JobRunner:
         if self.job.status == JobStatus.RUNNING and self.job.container_id:
             log.info("job=%s adopting container=%s", self.job.pk, self.job.container_id[:12])
             return self.job.container_id
+        limit = self._start_timeout()
+        deadline = None if limit is None else self._began + limit
         while not self.control.abandon.is_set():
             try:
-                container_id = self.executor.run(spec)
+                container_id = self._start(spec, deadline)
+                if container_id is None:  # the worker is stopping: left for adoption
+                    return None
                 break
+            except CallTimedOut:
+                self._give_up_launch(spec, limit, "the engine did not answer")
+                return None
             except ExecutorConnectionError as err:
                 # The container may or may not exist: keep the attempt (its name finds it).
-                self._engine_unreachable(err)
+                if deadline is not None and time.monotonic() >= deadline:
+                    self._give_up_launch(spec, limit, "the engine was unreachable")
+                    return None
+                self._engine_unreachable(err, deadline)
             except PermanentLaunchError as err:  # a refused spec or credential: no retry
                 self._finish(JobStatus.FAILED, error=f"Launch failed: {err}", exit_code=None)
                 return None
@@ -202,6 +262,7 @@ class JobRunner:
         else:
             return None
         self.control.container_id = container_id
+        self._engine_lost = False  # what counts from here is losing it while the job runs
         if not self._db(lambda: self.job.mark_running(self.worker_id, container_id), "running"):
             log.warning("job=%s lost its lease while launching; leaving it", self.job.pk)
             return None
@@ -209,6 +270,47 @@ class JobRunner:
         log.info("job=%s status=running container=%s", self.job.pk, container_id[:12])
         send(job_started, self.job, container_id=container_id)
         return container_id
+
+    def _start_timeout(self) -> float | None:
+        host = self.job.docker_host
+        if host is not None and host.start_timeout:
+            return float(host.start_timeout)
+        return self.settings.START_TIMEOUT
+
+    def _start(self, spec: JobSpec, deadline: float | None) -> str | None:
+        """``executor.run(spec)`` within the launch's deadline (CallTimedOut after it; a
+        container the call makes after that is removed). None if the worker stops first."""
+        if deadline is None:
+            return self.executor.run(spec)
+        return call_before(
+            lambda: self.executor.run(spec),
+            deadline,
+            stop=self.control.abandon,
+            late=self._remove,
+            name=f"launch-{str(self.job.pk)[:8]}",
+        )
+
+    def _give_up_launch(self, spec: JobSpec, limit: float | None, why: str) -> None:
+        """The launch took longer than its START_TIMEOUT: remove what it may have made (in
+        the background: the engine may hang on that too; the reaper removes what is left)
+        and retry the job under its policy, elsewhere when it was placed."""
+        log.warning("job=%s launch given up after %gs: %s", self.job.pk, limit or 0, why)
+        STUCK_LAUNCHES.add()
+        threading.Thread(
+            target=self._remove_named, args=(spec.name,), name="remove-stuck", daemon=True
+        ).start()
+        self._fail_or_retry(
+            f"Launch did not reach running within {limit:g}s ({why}); given up.", elsewhere=True
+        )
+
+    def _remove_named(self, name: str) -> None:
+        try:
+            container_id = self.executor.find_container(name)
+        except ExecutorError as err:
+            log.info("container %s of a stuck launch not looked up: %s", name, err)
+            return
+        if container_id:
+            self._remove(container_id)
 
     # ---- watch ------------------------------------------------------------------------
 
@@ -226,6 +328,11 @@ class JobRunner:
         if self.executor.supports_stats:
             sampler = _Sampler(self.executor, container_id, self.settings.STATS_INTERVAL)
             sampler.start()
+        if self.executor.follows_output:
+            output = OutputCollection(self._storage_names())
+            self._follower = _Follower(self.executor, container_id, output)
+            self._follower.start()
+            self._live_due = time.monotonic() + (self.settings.LIVE_OUTPUT_INTERVAL or 0)
         try:
             return self._wait_for_end(container_id)
         finally:
@@ -241,7 +348,7 @@ class JobRunner:
             if self.control.cancel.is_set():
                 self._stop(container_id)
                 return Ending.CANCELLED, None
-            wait_for = _WAIT_SLICE
+            wait_for = self._record_live_output()
             if deadline is not None:
                 wait_for = min(wait_for, deadline - time.monotonic())
                 if wait_for <= 0:
@@ -257,6 +364,36 @@ class JobRunner:
             if code is not None:
                 return (Ending.CANCELLED if self.control.cancel.is_set() else Ending.EXITED), code
 
+    def _record_live_output(self) -> float:
+        """Record the latest output of the running job when LIVE_OUTPUT_INTERVAL has passed
+        and it wrote something since; the seconds the next wait may take."""
+        interval = self.settings.LIVE_OUTPUT_INTERVAL
+        if self._follower is None or not interval:
+            return _WAIT_SLICE
+        now = time.monotonic()
+        if now < self._live_due:
+            return min(_WAIT_SLICE, self._live_due - now)
+        self._live_due = now + interval
+        output = self._follower.output
+        if output.written != self._live_written:
+            self._live_written = output.written
+            limit = self.settings.LIVE_OUTPUT_BYTES
+            # Redacted before it is cut: a secret the cut splits is still found whole.
+            longest = max((len(secret.encode()) for secret in self._secrets), default=0)
+            recent = {
+                stream: self._redacted_output(text)[-limit:]
+                for stream, text in output.recent(limit + longest).items()
+            }
+            where = {"pk": self.job.pk, "worker_id": self.worker_id, "status": JobStatus.RUNNING}
+            try:  # a view of the job, not its record: a database error skips one
+                compiled.update(
+                    ContainerJob, where, stdout_log=recent["stdout"], stderr_log=recent["stderr"]
+                )
+            except DB_ERRORS as err:
+                log.debug("job=%s live output not recorded: %s", self.job.pk, err)
+                close_broken()
+        return min(_WAIT_SLICE, interval)
+
     def _stop(self, container_id: str) -> None:
         while not self.control.abandon.is_set():
             try:
@@ -265,11 +402,16 @@ class JobRunner:
             except ExecutorConnectionError as err:
                 self._engine_unreachable(err)
 
-    def _engine_unreachable(self, err: ExecutorConnectionError) -> None:
-        """Wait before trying the engine again; the job stays as it is (never failed while
-        its container may still run)."""
+    def _engine_unreachable(
+        self, err: ExecutorConnectionError, deadline: float | None = None
+    ) -> None:
+        """Wait before trying the engine again (not past ``deadline``); the job stays as it
+        is (never failed while its container may still run)."""
         self._engine_tries += 1
+        self._engine_lost = True
         delay = min(_ENGINE_RETRY_MAX, 0.5 * 2 ** min(self._engine_tries, 6))
+        if deadline is not None:
+            delay = max(min(delay, deadline - time.monotonic()), 0.0)
         log.warning(
             "job=%s engine unreachable (retry in %.1fs): %s",
             self.job.pk,
@@ -315,6 +457,11 @@ class JobRunner:
         else:
             return
         status, error = self._verdict(ending, state.exit_code, state.oom_killed, state.error)
+        if status == JobStatus.FAILED and self._killed_by_engine(container_id, ending, state):
+            if self.job.infrastructure_retries < self.settings.MAX_INFRASTRUCTURE_RETRIES:
+                self._infrastructure_retry(container_id, state.exit_code)
+                return
+            error = f"Killed by its engine, which stopped (exit code {state.exit_code})."
         outcome = {
             "exit_code": state.exit_code,
             "oom_killed": state.oom_killed,
@@ -335,16 +482,89 @@ class JobRunner:
         if took:
             self._remove(container_id)
 
+    def _killed_by_engine(self, container_id: str, ending: Ending, state: ContainerState) -> bool:
+        """Whether the container was killed by its engine shutting down (a restart, with
+        live restore off), not by the job itself: it died of SIGTERM or SIGKILL that this
+        worker did not send, and the engine went away around then."""
+        if ending is not Ending.EXITED or state.oom_killed or state.exit_code not in _KILLED:
+            return False
+        if self._engine_lost:
+            return True
+        try:
+            restarted = self.executor.engine_restarted(
+                container_id, state.started_at, self.settings.ENGINE_SHUTDOWN_PROBE
+            )
+        except ExecutorError:
+            return True
+        return self._engine_goes_away() if restarted is None else restarted
+
+    def _engine_goes_away(self) -> bool:
+        """Whether the engine stops answering within ENGINE_SHUTDOWN_PROBE seconds."""
+        end = time.monotonic() + self.settings.ENGINE_SHUTDOWN_PROBE
+        while time.monotonic() < end and not self.control.abandon.is_set():
+            try:
+                if not self.executor.health_check():
+                    return True
+            except ExecutorError:
+                return True
+            self.control.abandon.wait(_PROBE_EVERY)
+        return False
+
+    def _infrastructure_retry(self, container_id: str, exit_code: int | None) -> None:
+        retry = self.job.infrastructure_retries + 1
+        error = (
+            f"Infrastructure failure: the engine stopped the container (exit code {exit_code});"
+            f" retried without counting against max_retries ({retry} of"
+            f" {self.settings.MAX_INFRASTRUCTURE_RETRIES})."
+        )
+        if self._requeue(error, exit_code=exit_code, infrastructure=True, elsewhere=True):
+            INFRASTRUCTURE_RETRIES.add()
+            threading.Thread(
+                target=self._remove_once_back, args=(container_id,), name="remove", daemon=True
+            ).start()
+
+    def _remove_once_back(self, container_id: str) -> None:
+        """Remove the container of an attempt its engine ended, once the engine answers
+        again (for up to _REMOVE_PATIENCE seconds; the reaper removes it after that)."""
+        end, delay = time.monotonic() + _REMOVE_PATIENCE, 0.5
+        while True:
+            try:
+                self.executor.discard(container_id)
+                return
+            except ExecutorConnectionError:
+                if time.monotonic() + delay > end:
+                    log.info("container %s left to the reaper", container_id[:12])
+                    return
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+            except ExecutorError as err:
+                log.warning("container %s not removed: %s", container_id[:12], err)
+                return
+
     def _redacted_output(self, text: str) -> str:
         return redact(text, self._secrets) if self.settings.REDACT_OUTPUT else text
 
-    def _collect(self, container_id: str) -> dict[Stream, CollectedOutput]:
+    def _storage_names(self) -> dict[Stream, str]:
         prefix = f"container_jobs/{self.job.pk}/attempt-{self.job.attempt_count}"
-        return collect_output(
-            self.executor,
-            container_id,
-            {"stdout": f"{prefix}.stdout.log", "stderr": f"{prefix}.stderr.log"},
-        )
+        return {"stdout": f"{prefix}.stdout.log", "stderr": f"{prefix}.stderr.log"}
+
+    def _collect(self, container_id: str) -> dict[Stream, CollectedOutput]:
+        """The exited container's output: as followed while it ran, or (when following
+        ended early: an engine that dropped the connection) read again from the start."""
+        follower = self._follower
+        if follower is not None:
+            follower.join(_FOLLOW_DRAIN)
+            # An engine that stopped (live restore keeps its containers running) ends the
+            # streams it serves as if they were whole: after losing the engine, what was
+            # followed is not trusted.
+            if follower.complete and not self._engine_lost:
+                return follower.output.result()
+            log.warning(
+                "job=%s output read again after the exit: following it ended early (with"
+                " a capped engine log, output beyond the cap is missing)",
+                self.job.pk,
+            )
+        return collect_output(self.executor, container_id, self._storage_names())
 
     def _verdict(
         self, ending: Ending, exit_code: int | None, oom: bool, engine_error: str
@@ -362,16 +582,18 @@ class JobRunner:
         return JobStatus.FAILED, f"Exited with code {exit_code}{detail}."
 
     def _retries_left(self) -> bool:
-        return self.job.attempt_count <= self.job.max_retries
+        """Whether the job may have another attempt: the infrastructure's do not count."""
+        return self.job.attempt_count - self.job.infrastructure_retries <= self.job.max_retries
 
     def _may_retry(self, *, exit_failure: bool) -> bool:
         return self._retries_left() and (self.job.retry_on_failure or not exit_failure)
 
-    def _fail_or_retry(self, error: str) -> None:
+    def _fail_or_retry(self, error: str, *, elsewhere: bool = False) -> None:
         """An engine-side failure (launch error, vanished container): retried while the
-        job has retries left, else failed."""
+        job has retries left (``elsewhere``: on another host, if it was placed), else
+        failed."""
         if self._retries_left():
-            self._requeue(error)
+            self._requeue(error, elsewhere=elsewhere)
         else:
             self._finish(JobStatus.FAILED, error=error, exit_code=None)
 
@@ -381,19 +603,41 @@ class JobRunner:
             where = {"job": self.job.pk, "number": self.job.attempt_count}
             self._db(lambda: compiled.update(JobAttempt, where, **fields), "recording the attempt")
             return
+        # The host and worker of the attempt as claimed (a requeue has cleared the job's).
         self._db(
             lambda: record_attempt(
-                self.job, started_at=self._attempt_began, spec=self._spec_record, **fields
+                self.job,
+                started_at=self._attempt_began,
+                spec=self._spec_record,
+                host=self._host,
+                worker_id=self.worker_id,
+                **fields,
             ),
             "recording the attempt",
         )
         self._attempt_written = True
 
-    def _requeue(self, error: str, **attempt_fields: Any) -> bool:
+    def _requeue(
+        self,
+        error: str,
+        *,
+        elsewhere: bool = False,
+        infrastructure: bool = False,
+        **attempt_fields: Any,
+    ) -> bool:
         error = redact(error, self._secrets)
         delay = backoff_delay(self.job.attempt_count)
         run_after = timezone.now() + timedelta(seconds=delay)
-        took = self._db(lambda: self.job.requeue(self.worker_id, run_after, error), "requeueing")
+        took = self._db(
+            lambda: self.job.requeue(
+                self.worker_id,
+                run_after,
+                error,
+                elsewhere=elsewhere,
+                infrastructure=infrastructure,
+            ),
+            "requeueing",
+        )
         if took:
             self._write_attempt(
                 status=JobStatus.FAILED, error=error, finished_at=timezone.now(), **attempt_fields

@@ -361,7 +361,10 @@ class Worker:
 
     def _health_pass(self) -> None:
         try:
-            hosts = ExecutorHost.objects.filter(is_active=True)
+            # Active hosts, and any host never checked or whose check was asked for.
+            hosts = ExecutorHost.objects.filter(
+                Q(is_active=True) | Q(last_health_check__isnull=True)
+            )
             if self.hosts:
                 hosts = hosts.filter(name__in=self.hosts)
             recovered = []
@@ -418,6 +421,7 @@ class Worker:
                 "concurrency": self.concurrency,
                 "running_jobs": len(self._held()),
                 "last_seen": timezone.now(),
+                "degraded": OUTAGE.last_fault(),
             },
         )
 
@@ -464,9 +468,13 @@ class Worker:
     def _due_soon(self) -> bool:
         """Burst mode: retries waiting for their backoff still count as work to do."""
         query = ContainerJob.objects.filter(status=JobStatus.QUEUED, attempt_count__gt=0)
-        query = query.filter(docker_host__is_active=True)
+        bound = Q(docker_host__is_active=True)
         if self.hosts:
-            query = query.filter(docker_host__name__in=self.hosts)
+            bound &= Q(docker_host__name__in=self.hosts)
+        # A retry sent back to placement counts while its backoff runs (once due, the
+        # claims place it, or it waits for a host like any open job).
+        placing = Q(docker_host__isnull=True, run_after__gt=timezone.now())
+        query = query.filter(bound | placing)
         if query.exists():
             return True
         expired = ContainerJob.objects.filter(

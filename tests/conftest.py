@@ -209,3 +209,14 @@ def _no_sessions_left_on_the_test_database(django_db_setup: Any) -> Iterator[Non
         import warnings
 
         warnings.warn(f"sessions still on test database {name}: {left}", stacklevel=1)
+
+
+@pytest.fixture
+def quick_retries(settings: Any) -> None:
+    """Worker settings for tests that watch retries: short polls and backoffs."""
+    settings.CONTAINER_MANAGER = {
+        **settings.CONTAINER_MANAGER,
+        "POLL_INTERVAL": 0.05,
+        "RETRY_BACKOFF_BASE": 0.01,
+        "RETRY_BACKOFF_MAX": 0.05,
+    }

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, ClassVar, Literal
 
-from ..exceptions import ConfigurationError, ContainerManagerError
+from ..exceptions import ConfigurationError, ContainerManagerError, ExecutorError
 from ..spec import (
     LABEL_ATTEMPT,
     LABEL_JOB,
@@ -89,6 +89,8 @@ class BaseExecutor(ABC):
     #: The optional spec fields (:data:`~container_manager.spec.SPEC_FIELDS`) this executor
     #: honours; a job asking for another is refused when it is validated.
     supported_fields: ClassVar[frozenset[str]] = frozenset()
+    #: Whether :meth:`follow_outputs` reads a running container's output as it is written.
+    follows_output: ClassVar[bool] = False
 
     @classmethod
     def validate_host(cls, host: EngineHost) -> dict[str, str]:
@@ -182,6 +184,22 @@ class BaseExecutor(ABC):
         for stream in streams:
             for chunk in self.iter_output(container_id, stream):
                 yield stream, chunk
+
+    def follow_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
+        """Like :meth:`iter_outputs`, but following a running container: chunks as the
+        container writes them, ending when it has exited and all is read (executors with
+        :attr:`follows_output`). The worker reads output this way while a job runs, so
+        that an engine whose log is capped loses nothing the app keeps."""
+        raise ExecutorError(f"{type(self).__name__} cannot follow a container's output")
+
+    def engine_restarted(
+        self, container_id: str, since: datetime | None, watch: float
+    ) -> bool | None:
+        """Whether the container, which died of a signal the worker did not send, was
+        stopped by its engine shutting down: the engine that answers now did not see it
+        die (it restarted since), or the engine goes away within ``watch`` seconds. None
+        when this executor cannot tell (the worker then watches the engine's health)."""
+        return None
 
     @abstractmethod
     def find_container(self, name: str) -> str | None:

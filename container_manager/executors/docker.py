@@ -7,10 +7,10 @@ needs it, and is kept for the life of the executor (one pooled client per host p
 
 from __future__ import annotations
 
+import json
 import re
-import struct
 import threading
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import TYPE_CHECKING, Any, ClassVar
@@ -40,6 +40,7 @@ from ..spec import (
     image_registry,
 )
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
+from .docker_logs import READ_SIZE, followed_frames, frames
 from .docker_spec import create_kwargs
 
 if TYPE_CHECKING:
@@ -49,10 +50,6 @@ if TYPE_CHECKING:
 __all__ = ["DockerExecutor"]
 
 _STARTED = frozenset({"running", "paused", "restarting", "exited", "dead", "removing"})
-#: A frame of a multiplexed log answer: 1 byte stream (1 stdout, 2 stderr), 3 padding, 4 size.
-_FRAME_HEADER = struct.Struct(">BxxxL")
-_FRAME_STREAMS: dict[int, Stream] = {1: "stdout", 2: "stderr"}
-_READ_SIZE = 64 * 1024
 
 
 def _engine_message(err: BaseException) -> str:
@@ -75,43 +72,6 @@ def _raise_for_status(response: requests.Response) -> None:
         response.raise_for_status()
     except requests.exceptions.HTTPError as err:
         raise docker.errors.create_api_error_from_http_exception(err) from err
-
-
-def _frames(chunks: Iterable[bytes]) -> Iterator[tuple[Stream, bytes]]:
-    """Demultiplex a non-TTY log answer that arrives in ``chunks`` of any size: each
-    stream's bytes, tagged with the stream, in pieces of at most a chunk (plus the few bytes
-    of a header the previous chunk cut). A frame is one line (or a 16 KiB part of a long
-    one), so frames are parsed here in bulk, and the consecutive frames of a stream within a
-    chunk are joined: reading frame by frame off the socket costs seconds of CPU per million
-    lines."""
-    data = b""  # what is left of the previous chunk: part of a frame header
-    kind, left = 0, 0  # the current frame's stream, and how much of its payload is to come
-    for chunk in chunks:
-        data = data + chunk if data else chunk
-        pos, run_kind = 0, 0
-        run: list[bytes] = []
-        while pos < len(data):
-            if not left:
-                if len(data) - pos < _FRAME_HEADER.size:
-                    break
-                kind, left = _FRAME_HEADER.unpack_from(data, pos)
-                pos += _FRAME_HEADER.size
-                continue
-            piece = data[pos : pos + left]
-            pos += len(piece)
-            left -= len(piece)
-            if kind not in _FRAME_STREAMS:
-                continue
-            if run and kind != run_kind:
-                yield _FRAME_STREAMS[run_kind], b"".join(run)
-                run = []
-            run_kind = kind
-            run.append(piece)
-        if run:
-            yield _FRAME_STREAMS[run_kind], b"".join(run)
-        data = data[pos:]
-    if data or left:
-        raise docker.errors.DockerException("log answer cut inside a frame")
 
 
 def _api_error(action: str, err: docker.errors.APIError) -> ExecutorError:
@@ -146,6 +106,8 @@ class DockerExecutor(BaseExecutor):
     runs_as: ClassVar[str] = "container"
     #: A plain engine honours every field of the spec.
     supported_fields: ClassVar[frozenset[str]] = frozenset(SPEC_FIELDS)
+    #: The engine follows a container's log until the container exits.
+    follows_output: ClassVar[bool] = True
 
     def __init__(self, config: Any) -> None:
         super().__init__(config)
@@ -433,16 +395,30 @@ class DockerExecutor(BaseExecutor):
         """Both streams in one logs request, demultiplexed here. The SDK's ``logs`` would
         take one request per stream, each after an inspect call to learn whether the
         container has a TTY; this executor's containers (and services) never do."""
+        return self._log_frames(container_id, follow=False)
+
+    def follow_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
+        """Both streams as the container writes them, until it exits. The engine sends
+        nothing while the container is silent, so only connecting has a deadline here."""
+        return self._log_frames(container_id, follow=True)
+
+    def _log_frames(self, container_id: str, *, follow: bool) -> Iterator[tuple[Stream, bytes]]:
         api = self.client.api
-        params = {"stdout": 1, "stderr": 1, "follow": 0, "timestamps": 0, "tail": "all"}
+        # Followed, each line comes with the engine's timestamp: what tells a line the
+        # engine sends twice (see followed_frames) from one the job printed twice.
+        params = {"stdout": 1, "stderr": 1, "follow": int(follow), "timestamps": int(follow),
+                  "tail": "all"}  # fmt: skip
+        # A followed answer may be silent for as long as the job is: no read deadline.
+        timeout = (self.timeout, None) if follow else self.timeout
         with self._engine(f"Read the output of {self.runs_as} {container_id}"):
-            # The SDK's own request helpers, as its logs() uses them: the versioned URL, the
-            # client's timeout and the HttpHeaders of the Docker config file.
+            # The SDK's own request helpers, as its logs() uses them: the versioned URL and
+            # the HttpHeaders of the Docker config file.
             url = api._url(f"/{self.runs_as}s/{{0}}/logs", container_id)
-            response = api._get(url, params=params, stream=True)
+            response = api._get(url, params=params, stream=True, timeout=timeout)
             try:
                 _raise_for_status(response)
-                yield from _frames(response.iter_content(_READ_SIZE))
+                chunks = response.iter_content(READ_SIZE)
+                yield from (followed_frames if follow else frames)(chunks)
             finally:
                 response.close()
 
@@ -536,6 +512,55 @@ class DockerExecutor(BaseExecutor):
     def get_container_stats(self, container_id: str) -> dict[str, Any]:
         """Resource figures of a container (same as :meth:`get_resource_usage`)."""
         return self.get_resource_usage(container_id)
+
+    def engine_restarted(
+        self, container_id: str, since: datetime | None, watch: float
+    ) -> bool | None:
+        """An engine that shuts down (a restart without live restore) stops its containers
+        with SIGTERM, then SIGKILL, as a job's own end could. Two facts tell them apart: the
+        engine keeps its events in memory, so one that restarted since has no ``die`` of
+        this container; and one that is shutting down closes its event streams. So: a
+        stream of daemon events is opened (nothing flows on it), the engine is asked for the
+        container's ``die`` since it started, and the stream is watched for ``watch``
+        seconds. An engine that cannot be reached has gone away too."""
+        api = self.client.api
+        try:
+            with self._engine("Watch the engine"):
+                stream = api._get(
+                    api._url("/events"),
+                    params={"filters": json.dumps({"type": ["daemon"]})},
+                    stream=True,
+                    timeout=(self.timeout, watch),
+                )
+                _raise_for_status(stream)
+        except ExecutorConnectionError:
+            return True
+        try:
+            return not self._saw_die(container_id, since) or self._closes(stream)
+        finally:
+            stream.close()
+
+    def _saw_die(self, container_id: str, since: datetime | None) -> bool:
+        """Whether the engine has the container's ``die`` event since ``since``."""
+        started = int(since.timestamp()) - 1 if since else 0
+        filters = {"container": [container_id], "event": ["die"]}
+        try:
+            with self._engine(f"Read the events of container {container_id}"):
+                until = int(datetime.now().timestamp()) + 1
+                events = self.client.api.events(since=started, until=until, filters=filters)
+                return any(events)
+        except ExecutorConnectionError:
+            return False
+
+    @staticmethod
+    def _closes(stream: requests.Response) -> bool:
+        """Whether the engine ends ``stream`` (it shuts down) before its read deadline."""
+        try:
+            for _ in stream.iter_content(1024):
+                pass
+        except requests.exceptions.RequestException as err:
+            return not _is_read_timeout(err)
+        return True
 
     def list_containers(self) -> list[dict[str, Any]]:
         """This app's containers: labelled managed, and with every ``CONTAINER_LABELS`` label

@@ -132,6 +132,8 @@ class FakeExecutor(BaseExecutor):
     supports_stats = False
     #: Every spec field: the fake records the spec it was given, for users' tests to read.
     supported_fields = frozenset(SPEC_FIELDS)
+    #: A fake container prints all of its output as it starts; following it ends at its exit.
+    follows_output = True
     engines: ClassVar[dict[str, FakeEngine]] = {}
 
     def __init__(self, config: Any) -> None:
@@ -240,6 +242,13 @@ class FakeExecutor(BaseExecutor):
         data = self._get(container_id).outcome.output(stream)
         for start in range(0, len(data), 64 * 1024):
             yield data[start : start + 64 * 1024]
+
+    def follow_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
+        yield from self.iter_outputs(container_id)
+        container = self._get(container_id)
+        while container.status == "running":
+            self.wait(container_id, timeout=None)
+            container = self._get(container_id)
 
     def find_container(self, name: str) -> str | None:
         self._call("find")

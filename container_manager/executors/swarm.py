@@ -177,6 +177,17 @@ class SwarmExecutor(DockerExecutor):
     #: Real figures for tasks on the node this executor talks to; zeros for other nodes'.
     supports_stats: ClassVar[bool] = True
     runs_as: ClassVar[str] = "service"
+    #: A service's followed log does not end when its task exits (the service stays):
+    #: Swarm output is read after the exit.
+    follows_output: ClassVar[bool] = False
+
+    def engine_restarted(
+        self, container_id: str, since: datetime | None, watch: float
+    ) -> bool | None:
+        """A service's task runs on any node of the swarm: one manager's events cannot
+        tell; the worker watches the engine's health instead."""
+        return None
+
     #: What the service honours (:mod:`~container_manager.executors.swarm_spec`).
     supported_fields: ClassVar[frozenset[str]] = swarm_spec.SUPPORTED_FIELDS
 

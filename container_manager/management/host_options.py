@@ -21,6 +21,7 @@ _FIELDS = {
     "executor": "executor_type",
     "max_concurrent": "max_concurrent_jobs",
     "weight": "weight",
+    "start_timeout": "start_timeout",
     "pull": "auto_pull_images",
     "tls": "tls_enabled",
     "insecure_tcp": "insecure_tcp",
@@ -61,6 +62,13 @@ def _add_engine_arguments(add: CommandParser) -> None:
     arg("--executor", help="Executor alias from CONTAINER_MANAGER (default docker).")
     arg("--max-concurrent", type=int, help="Jobs at once on this host (default 10).")
     arg("--weight", type=int, help="Relative share of work, 1-1000 (default 100).")
+    arg(
+        "--start-timeout",
+        type=int,
+        metavar="SECONDS",
+        help="Seconds a launch may take to reach running, pulls included (default: the"
+        " START_TIMEOUT setting).",
+    )
     arg(
         "--pull",
         action=argparse.BooleanOptionalAction,

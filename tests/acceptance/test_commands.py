@@ -126,6 +126,16 @@ def test_cli_check_of_a_dead_engine_fails(cli: Any) -> None:
 # ---- container_host -------------------------------------------------------------------
 
 
+def test_host_start_timeout_is_set_shown_and_checked(fake_host: ExecutorHost) -> None:
+    run("container_host", "add", "fake-engine", "--start-timeout", "90", "--update")
+    fake_host.refresh_from_db()
+    assert fake_host.start_timeout == 90
+    out, _ = run("container_host", "show", "fake-engine")
+    assert "Start limit:  90s" in out
+    with pytest.raises(CommandError, match="start_timeout"):
+        run("container_host", "add", "fake-engine", "--start-timeout", "0", "--update")
+
+
 def test_host_add_registers_and_list_shows_it(fake_host: ExecutorHost) -> None:
     out, _ = run(
         "container_host", "add", "fake2", "--executor", "fake", "--url", "unix:///fake2.sock",

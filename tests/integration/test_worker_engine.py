@@ -168,23 +168,60 @@ def test_many_jobs_each_launched_exactly_once(engine_host, test_image, start_rec
     assert ContainerJob.objects.filter(status=JobStatus.COMPLETED).count() == 20
 
 
-def test_live_tail_shows_a_running_jobs_output_so_far(engine_host, test_image):
-    from container_manager.output import live_tail
-
+def test_a_running_jobs_latest_output_is_recorded_while_it_runs(engine_host, test_image, settings):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": 0.2}
     job = run(
         engine_host, test_image, ["sh", "-c", "echo first; echo oops >&2; sleep 3; echo second"]
     )
     worker = Worker(concurrency=1, burst=True, shutdown_timeout=10)
     thread = threading.Thread(target=worker.run)
     thread.start()
+    seen = []
     try:
         deadline = time.monotonic() + 15
-        while fresh(job).status != JobStatus.RUNNING and time.monotonic() < deadline:
+        while time.monotonic() < deadline and not seen:
+            job = fresh(job)
+            if job.status == JobStatus.RUNNING and job.stdout_log and job.stderr_log:
+                seen.append((job.stdout_log, job.stderr_log))
             time.sleep(0.05)
-        time.sleep(0.5)
-        assert live_tail(fresh(job), lines=10) == ("first\n", "oops\n")
     finally:
         thread.join(20)
+    assert seen == [("first\n", "oops\n")], "recorded while the container ran"
     job = fresh(job)
-    assert job.stdout_log == "first\nsecond\n"
-    assert live_tail(job) is None, "an ended job's output comes from the database"
+    assert (job.status, job.stdout_log, job.stderr_log) == (
+        JobStatus.COMPLETED, "first\nsecond\n", "oops\n"
+    )  # fmt: skip
+
+
+def test_output_beyond_the_engines_log_cap_is_kept_in_full(
+    engine_host, test_image, settings, tmp_path
+):
+    """The engine keeps 512 KiB of the job's log (two json-file files of 256 KiB); the job
+    prints 20,000 lines (1.8 MB as the engine logs them) in a few seconds. Read while it
+    runs, the stored output is whole and in order, though the engine rotated its log about
+    seven times (and, Docker 20.10, sent a few hundred lines again at each): after the exit,
+    only the lines in the engine's last 512 KiB would be left to read."""
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "joblogs": {
+            "BACKEND": "django.core.files.storage.FileSystemStorage",
+            "OPTIONS": {"location": str(tmp_path)},
+        },
+    }
+    settings.CONTAINER_MANAGER = {
+        **settings.CONTAINER_MANAGER,
+        "ENGINE_LOG_MAX_BYTES": 512 * 1024,
+        "LOG_TAIL_BYTES": 16 * 1024,
+        "LOG_STORAGE": "joblogs",
+    }
+    script = (
+        "i=0; while [ $i -lt 20000 ]; do echo line-$i-padding-padding;"
+        " if [ $((i % 500)) = 0 ]; then sleep 0.05; fi; i=$((i+1)); done"
+    )
+    job = run(engine_host, test_image, ["sh", "-c", script])
+    burst(concurrency=1)
+    job = fresh(job)
+    assert (job.status, job.stdout_truncated) == (JobStatus.COMPLETED, True)
+    stored = (tmp_path / job.stdout_file).read_text().splitlines()
+    assert stored == [f"line-{i}-padding-padding" for i in range(20000)]
+    assert job.stdout_log.endswith("line-19999-padding-padding\n")

@@ -232,20 +232,46 @@ def test_live_view_returns_status_and_output_tails_from_the_database(admin_clien
     assert 'data-status="completed"' in data["badge"]
 
 
-def test_live_view_of_a_running_job_reads_its_output_so_far_from_the_engine(admin_client, host):
-    from container_manager.executors import get_executor
-    from container_manager.executors.base import JobSpec
-    from container_manager.executors.fake import FakeExecutor, FakeOutcome
+@pytest.mark.django_db(transaction=True)
+def test_live_view_of_a_running_job_shows_what_its_worker_recorded_without_an_engine_call(
+    admin_client, host, settings
+):
+    import threading
+    import time
 
-    FakeExecutor.engine_for(host.connection_string).script(
-        FakeOutcome(duration=60, stdout="<b>so far</b>\n", stderr="warn\n")
-    )
-    job = make_job(host, JobStatus.RUNNING)
-    job.container_id = get_executor(host).run(JobSpec.from_job(job, attempt=1))
-    job.save(update_fields=["container_id"])
-    data = admin_client.get(reverse("admin:container_manager_live", args=[job.pk])).json()
-    assert (data["status"], data["terminal"]) == ("running", False)
-    assert (data["stdout"], data["stderr"]) == ("<b>so far</b>\n", "warn\n")
+    from container_manager.executors.fake import FakeOutcome
+    from container_manager.worker import Worker
+
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": 0.05}
+    engine = FakeExecutor.engine_for(host.connection_string)
+    engine.script(FakeOutcome(duration=3, stdout="<b>so far</b>\n", stderr="warn\n"))
+    job = make_job(host)
+    worker = Worker(concurrency=1, burst=True, shutdown_timeout=5)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            job.refresh_from_db()
+            if job.status == JobStatus.RUNNING and job.stdout_log:
+                break
+            time.sleep(0.02)
+        asked = []  # engine calls made by this (the web request's) thread
+        record = FakeExecutor._call
+
+        def calls_here(executor, name):
+            if threading.current_thread() is threading.main_thread():
+                asked.append(name)
+            return record(executor, name)
+
+        with mock.patch.object(FakeExecutor, "_call", calls_here):
+            data = admin_client.get(reverse("admin:container_manager_live", args=[job.pk])).json()
+        assert asked == [], "the web process asked the engine"
+        assert (data["status"], data["terminal"]) == ("running", False)
+        assert (data["stdout"], data["stderr"]) == ("<b>so far</b>\n", "warn\n")
+    finally:
+        worker.stop()
+        thread.join(10)
 
 
 def test_live_view_needs_a_logged_in_user_with_view_permission(client, host, staff):
@@ -382,23 +408,31 @@ def test_host_page_shows_tls_key_paths_never_their_contents(admin_client, tmp_pa
     assert str(key) in page and "SECRETKEYMATERIAL" not in page
 
 
-def test_check_now_action_checks_records_and_reports(admin_client, host):
+def test_check_now_asks_the_workers_and_never_calls_an_engine_from_the_web(admin_client, host):
+    from container_manager.worker import Worker
+
     down = ExecutorHost.objects.create(
-        name="down", connection_string="unix:///fake/down.sock", executor_type="fake"
-    )
+        name="down", connection_string="unix:///fake/down.sock", executor_type="fake",
+        is_active=False, last_health_check=timezone.now(),
+    )  # fmt: skip
     FakeExecutor.engine_for("unix:///fake/down.sock").down = True
-    response = admin_client.post(
-        reverse(HOSTS),
-        {"action": "check_now", "_selected_action": [host.pk, down.pk], "index": 0},
-        follow=True,
-    )
+    host.record_health(True, "")
+    with mock.patch.object(FakeExecutor, "get_version", side_effect=AssertionError("engine")):
+        response = admin_client.post(
+            reverse(HOSTS),
+            {"action": "check_now", "_selected_action": [host.pk, down.pk], "index": 0},
+            follow=True,
+        )
     page = response.content.decode().lower()  # the admin capitalises messages
+    assert "fake-engine: check requested; a worker checks it within 30s" in page
+    assert log_messages(host) == ["Health check requested from the admin."]
+    assert "pending" in admin_client.get(reverse(HOSTS)).content.decode()
+    with mock.patch("container_manager.worker.close_broken"):  # keeps the test's database
+        Worker(concurrency=1)._health_pass()  # a worker's next pass checks both, inactive too
     host.refresh_from_db()
     down.refresh_from_db()
     assert host.last_health_check is not None and host.health_check_failures == 0
-    assert down.health_check_failures == 1
-    assert "fake-engine: healthy (fake-1.0)" in page and "down: unhealthy" in page
-    assert log_messages(host) == ["Health check from the admin: healthy (fake-1.0)."]
+    assert down.last_health_check is not None and down.health_check_failures == 1
 
 
 # ---- environment templates -----------------------------------------------------------------

@@ -1015,6 +1015,113 @@ def test_iter_outputs_of_a_cut_answer_is_a_connection_error(body):
             list(executor.iter_outputs("c1"))
 
 
+def _stamped(kind, n, line):
+    """A followed frame: the engine's timestamp of line ``n``, a space, the line."""
+    return frame(kind, f"2026-12-02T02:09:57.{n:09d}Z ".encode() + line)
+
+
+def test_follow_outputs_follows_with_timestamps_and_no_read_deadline():
+    executor = _executor()
+    body = _stamped(1, 1, b"out 1\n") + _stamped(2, 2, b"err 1\n") + _stamped(1, 3, b"out 2\n")
+    with patch("docker.DockerClient") as mock_client:
+        api = answer_logs(mock_client.return_value.api, logs_answer(body, trickle=True))
+
+        chunks = list(executor.follow_outputs("c1"))
+
+    for stream, text in (("stdout", b"out 1\nout 2\n"), ("stderr", b"err 1\n")):
+        assert b"".join(chunk for s, chunk in chunks if s == stream) == text
+    params = api._get.call_args.kwargs["params"]
+    assert (params["follow"], params["timestamps"], params["tail"]) == (1, 1, "all")
+    assert api._get.call_args.kwargs["timeout"] == (executor.timeout, None)
+    assert executor.follows_output is True
+
+
+def test_follow_outputs_drops_the_lines_the_engine_sends_again_after_a_rotation():
+    """Docker 20.10 sends a few hundred lines again when the json-file log rotates under a
+    follower; their timestamps give them away. A line the job printed twice is kept."""
+    executor = _executor()
+    first = [_stamped(1, n, f"line {n}\n".encode()) for n in range(1, 6)]
+    again = first[2:]  # the replay: lines 3 to 5, as sent before
+    twice = [_stamped(1, 6, b"same\n"), _stamped(1, 7, b"same\n")]
+    err = [_stamped(2, 4, b"oops\n")]  # earlier than stdout's last: another stream
+    body = b"".join(first + err + again + twice)
+    with patch("docker.DockerClient") as mock_client:
+        answer_logs(mock_client.return_value.api, logs_answer(body))
+
+        chunks = list(executor.follow_outputs("c1"))
+
+    out = b"".join(chunk for s, chunk in chunks if s == "stdout")
+    assert out == b"line 1\nline 2\nline 3\nline 4\nline 5\nsame\nsame\n"
+    assert b"".join(chunk for s, chunk in chunks if s == "stderr") == b"oops\n"
+
+
+def test_follow_outputs_keeps_the_equal_parts_of_a_long_line():
+    """A long line comes in 16 KiB parts with one timestamp; equal parts are the line's."""
+    executor = _executor()
+    part = b"x" * 16384
+    body = _stamped(1, 1, part) + _stamped(1, 1, part) + _stamped(1, 1, b"end\n")
+    body += _stamped(1, 1, part)  # sent again after the line ended: a replay
+    with patch("docker.DockerClient") as mock_client:
+        answer_logs(mock_client.return_value.api, logs_answer(body))
+
+        out = b"".join(chunk for _, chunk in executor.follow_outputs("c1"))
+
+    assert out == part + part + b"end\n"
+
+
+def test_follow_outputs_forgets_frames_beyond_its_window(monkeypatch):
+    from container_manager.executors import docker_logs
+
+    monkeypatch.setattr(docker_logs, "REPLAY_WINDOW", 2)
+    executor = _executor()
+    lines = [_stamped(1, n, f"{n}\n".encode()) for n in range(1, 5)]
+    body = b"".join(lines) + lines[0] + lines[3]  # line 1 is out of the window; 4 is not
+    with patch("docker.DockerClient") as mock_client:
+        answer_logs(mock_client.return_value.api, logs_answer(body))
+
+        out = b"".join(chunk for _, chunk in executor.follow_outputs("c1"))
+
+    assert out == b"1\n2\n3\n4\n1\n"
+
+
+def test_follow_outputs_of_a_cut_answer_is_a_connection_error():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        answer_logs(mock_client.return_value.api, logs_answer(_stamped(1, 1, b"a\n")[:-1]))
+
+        with pytest.raises(ExecutorConnectionError, match="cut inside a frame"):
+            list(executor.follow_outputs("c1"))
+
+
+def test_an_engine_that_cannot_be_reached_after_a_kill_restarted():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        api = mock_client.return_value.api
+        api._get.side_effect = requests.exceptions.ConnectionError("refused")
+        assert executor.engine_restarted("c1", None, 1.0) is True
+
+
+def test_an_engine_without_the_containers_die_event_restarted():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        api = answer_logs(mock_client.return_value.api, logs_answer(b""))
+        api.events.return_value = iter([])
+        assert executor.engine_restarted("c1", None, 1.0) is True
+        api.events.side_effect = requests.exceptions.ConnectionError("refused")
+        assert executor.engine_restarted("c1", None, 1.0) is True
+        filters = api.events.call_args.kwargs["filters"]
+        assert filters == {"container": ["c1"], "event": ["die"]}
+
+
+def test_an_engine_that_saw_the_die_and_ends_its_event_stream_is_shutting_down():
+    executor = _executor()
+    with patch("docker.DockerClient") as mock_client:
+        api = answer_logs(mock_client.return_value.api, logs_answer(b""))  # EOF: closed
+        api.events.return_value = iter([b'{"status":"die"}'])
+        assert executor.engine_restarted("c1", None, 1.0) is True
+        assert api._get.call_args.kwargs["timeout"] == (executor.timeout, 1.0)
+
+
 def test_iter_outputs_of_a_vanished_container():
     executor = _executor()
     with patch("docker.DockerClient") as mock_client:

@@ -583,3 +583,13 @@ def test_a_failed_health_check_records_the_status_not_the_answer(monkeypatch):
     assert check_host(host) == (False, "The engine answered HTTP 502.")
     host.refresh_from_db()
     assert host.last_health_error == "The engine answered HTTP 502."
+
+
+def test_check_warns_when_the_engine_keeps_less_output_than_the_tail(settings):
+    from container_manager.checks import check_settings
+
+    settings.CONTAINER_MANAGER = {"ENGINE_LOG_MAX_BYTES": 4096, "LOG_TAIL_BYTES": 8192}
+    [warning] = [m for m in check_settings() if m.id == "container_manager.W005"]
+    assert "read after the exit (Swarm services" in warning.msg
+    settings.CONTAINER_MANAGER = {"ENGINE_LOG_MAX_BYTES": 8192, "LOG_TAIL_BYTES": 8192}
+    assert not [m for m in check_settings() if m.id == "container_manager.W005"]

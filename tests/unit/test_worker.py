@@ -193,20 +193,24 @@ def test_engine_outage_at_launch_waits_and_never_fails_the_job(fake_host, engine
     assert (j.status, j.attempt_count) == (JobStatus.COMPLETED, 1)
 
 
-def test_engine_outage_while_running_keeps_the_job_running_until_reconciled(fake_host, engine):
-    engine.script(FakeOutcome(duration=0.3, stdout="done"))
+def test_engine_outage_while_running_keeps_the_job_running_until_reconciled(
+    fake_host, engine, settings
+):
+    # Short wait slices: the worker asks the engine again soon after it went down.
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": 0.1}
+    engine.script(FakeOutcome(duration=1.0, stdout="done"))
     j = job(fake_host)
     worker = Worker(concurrency=1, burst=True)
     thread = threading.Thread(target=worker.run)
     thread.start()
     until(lambda: fresh(j).status == JobStatus.RUNNING)
     engine.down = True
-    time.sleep(0.8)
+    time.sleep(1.5)  # the container has exited meanwhile; the worker cannot know it yet
     assert fresh(j).status == JobStatus.RUNNING, "never failed while the container may run"
     engine.down = False
     thread.join(15)
     j = fresh(j)
-    assert (j.status, j.stdout_log) == (JobStatus.COMPLETED, "done")
+    assert (j.status, j.stdout_log, j.attempt_count) == (JobStatus.COMPLETED, "done", 1)
 
 
 def test_adopts_a_running_job_whose_worker_died(fake_host, engine):
@@ -288,6 +292,84 @@ def test_full_output_is_kept_in_storage_when_configured(fake_host, engine, setti
     assert j.stdout_truncated and j.stdout_file
     assert (tmp_path / j.stdout_file).read_bytes() == b"y" * 5000
     assert j.stderr_file == ""
+
+
+def test_output_is_read_again_after_the_exit_when_following_it_ended_early(
+    fake_host, engine, monkeypatch, caplog
+):
+    from container_manager.exceptions import ExecutorConnectionError
+
+    def broken_follow(self, container_id):
+        yield "stdout", b"par"
+        raise ExecutorConnectionError("the engine closed the connection")
+
+    monkeypatch.setattr(FakeExecutor, "follow_outputs", broken_follow)
+    engine.script(FakeOutcome(stdout="partial and the rest\n", stderr="e\n", duration=0.2))
+    j = job(fake_host)
+    burst()
+    j = fresh(j)
+    assert (j.status, j.stdout_log, j.stderr_log) == (
+        JobStatus.COMPLETED, "partial and the rest\n", "e\n"
+    )  # fmt: skip
+    assert "output read again after the exit" in caplog.text
+
+
+def test_an_executor_that_cannot_follow_has_its_output_read_after_the_exit(
+    fake_host, engine, monkeypatch
+):
+    from container_manager.exceptions import ExecutorError
+    from container_manager.executors.base import BaseExecutor
+
+    monkeypatch.setattr(FakeExecutor, "follows_output", False)
+    monkeypatch.setattr(FakeExecutor, "follow_outputs", BaseExecutor.follow_outputs)
+    engine.script(FakeOutcome(stdout="after\n", duration=0.1))
+    j = job(fake_host)
+    burst()
+    assert fresh(j).stdout_log == "after\n"
+    with pytest.raises(ExecutorError, match="cannot follow"):
+        next(get_executor(fake_host).follow_outputs("x"))
+
+
+def _live_records(j, seconds):
+    """The (stdout, stderr) records seen while ``j`` ran, polled for ``seconds`` at most."""
+    seen = []
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        row = ContainerJob.objects.values("status", "stdout_log", "stderr_log").get(pk=j.pk)
+        if row["status"] == JobStatus.RUNNING and (row["stdout_log"] or row["stderr_log"]):
+            seen.append((row["stdout_log"], row["stderr_log"]))
+        if JobStatus(row["status"]).is_terminal:
+            break
+        time.sleep(0.02)
+    return seen
+
+
+def test_a_running_jobs_output_is_recorded_redacted_and_bounded(fake_host, engine, settings):
+    from container_manager.environment import MASK
+
+    settings.CONTAINER_MANAGER = {
+        **settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": 0.05, "LIVE_OUTPUT_BYTES": 12,
+    }  # fmt: skip
+    engine.script(FakeOutcome(stdout="token=s3cr3t-value-1234\n", stderr="w\n", duration=1))
+    j = job(fake_host, environment={"API_TOKEN": "s3cr3t-value-1234"})
+    thread = threading.Thread(target=burst)
+    thread.start()
+    seen = _live_records(j, 10)
+    thread.join(10)
+    assert seen and set(seen) == {(f"token={MASK}\n"[-12:], "w\n")}, seen
+    j = fresh(j)
+    assert (j.status, j.stdout_log) == (JobStatus.COMPLETED, f"token={MASK}\n")
+
+
+def test_no_output_is_recorded_while_running_when_live_output_is_off(fake_host, engine, settings):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": None}
+    engine.script(FakeOutcome(stdout="done\n", duration=0.5))
+    j = job(fake_host)
+    thread = threading.Thread(target=burst)
+    thread.start()
+    seen = _live_records(j, 10)
+    thread.join(10)
+    assert seen == [] and fresh(j).stdout_log == "done\n"
 
 
 def test_nul_bytes_in_output_are_stored_safely(fake_host, engine):

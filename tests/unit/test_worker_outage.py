@@ -146,6 +146,9 @@ def test_jobs_ride_out_an_outage_and_are_recorded_once_it_ends(fake_host, engine
     assert len(engine.containers) == 4, "exited containers kept for their results"
     database.down.clear()
     until(lambda: all(fresh(j).status == JobStatus.COMPLETED for j in jobs), timeout=15)
+    beat = WorkerHeartbeat.objects.filter(worker_id=worker.worker_id)
+    until(lambda: beat.filter(degraded__startswith="database unreachable since ").exists())
+    assert beat.get().degraded.endswith("s"), "how long it lasted"
     worker.stop()
     thread.join(10)
     assert not thread.is_alive()

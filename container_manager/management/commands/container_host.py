@@ -173,6 +173,7 @@ class Command(BaseCommand):
             ("State", "active" if host.is_active else "drained"),
             ("Running", f"{running} of at most {host.max_concurrent_jobs}"),
             ("Weight", str(host.weight)),
+            ("Start limit", f"{host.start_timeout}s" if host.start_timeout else "START_TIMEOUT"),
             ("Labels", labels or "-"),
             ("Pull images", "yes" if host.auto_pull_images else "no"),
             ("TLS", _tls_text(host)),
