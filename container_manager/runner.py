@@ -43,6 +43,7 @@ from .outage import (
 from .output import CollectedOutput, OutputCollection, collect_output
 from .queue import backoff_delay, record_attempt
 from .signals import job_finished, job_started, send
+from .watchers import Figures, Follower, Sampler
 
 __all__ = ["JobRunner", "RunControl"]
 
@@ -82,63 +83,6 @@ class RunControl:
     container_id: str = ""
 
 
-@dataclass
-class _Figures:
-    peak_memory: int | None = None
-    cpu_seconds: float | None = None
-
-    def add(self, usage: dict[str, Any]) -> None:
-        peak = int(usage.get("memory_peak") or usage.get("memory_usage") or 0)
-        if peak:
-            self.peak_memory = max(self.peak_memory or 0, peak)
-        if usage.get("cpu_usage"):
-            self.cpu_seconds = float(usage["cpu_usage"])
-
-
-class _Sampler(threading.Thread):
-    """Samples a running container's resource figures every ``interval`` seconds, off the
-    job's thread: a stats call can take a second, and must never delay noticing the exit."""
-
-    def __init__(self, executor: BaseExecutor, container_id: str, interval: float) -> None:
-        super().__init__(name=f"stats-{container_id[:12]}", daemon=True)
-        self.executor = executor
-        self.container_id = container_id
-        self.interval = interval
-        self.figures = _Figures()
-        self.done = threading.Event()
-
-    def run(self) -> None:
-        while not self.done.wait(self.interval):
-            try:
-                self.figures.add(self.executor.get_resource_usage(self.container_id))
-            except ExecutorError as err:
-                log.debug("container=%s no stats: %s", self.container_id[:12], err)
-
-
-class _Follower(threading.Thread):
-    """Reads a running container's output as it is written (the engine's log of it is
-    capped: what the app keeps must be read before the engine drops it), into an
-    :class:`OutputCollection` the job's thread reads the live tail from, and harvests."""
-
-    def __init__(self, executor: BaseExecutor, container_id: str, output: OutputCollection) -> None:
-        super().__init__(name=f"output-{container_id[:12]}", daemon=True)
-        self.executor = executor
-        self.container_id = container_id
-        self.output = output
-        #: Whether the whole output was read: the container exited and its log ended.
-        self.complete = False
-
-    def run(self) -> None:
-        try:
-            for stream, chunk in self.executor.follow_outputs(self.container_id):
-                self.output.write(stream, chunk)
-        except ExecutorError as err:
-            log.info("container=%s output not followed to its end: %s", self.container_id[:12],
-                     err)  # fmt: skip
-        else:
-            self.complete = True
-
-
 def _secrets_of(spec: JobSpec) -> set[str]:
     """The values to keep out of what is recorded of a job: its secret-looking environment,
     its resolved secret references, its registry password."""
@@ -167,7 +111,7 @@ class JobRunner:
         self.worker_id = worker_id
         self.executor = executor
         self.control = control
-        self.figures = _Figures()
+        self.figures = Figures()
         self.settings = get_settings()
         self._engine_tries = 0
         #: Whether the attempt's row exists: a fresh attempt writes it once, when it has an
@@ -179,7 +123,7 @@ class JobRunner:
         #: The job's secret values, redacted from every text recorded or logged about it.
         self._secrets: set[str] = set()
         #: The reader of the running container's output, when its executor follows it.
-        self._follower: _Follower | None = None
+        self._follower: Follower | None = None
         self._live_written = 0  # output bytes the last live record covered
         self._live_due = 0.0  # monotonic time of the next live record
         self._began = time.monotonic()  # the launch's START_TIMEOUT counts from here
@@ -326,11 +270,11 @@ class JobRunner:
         resource figures meanwhile."""
         sampler = None
         if self.executor.supports_stats:
-            sampler = _Sampler(self.executor, container_id, self.settings.STATS_INTERVAL)
+            sampler = Sampler(self.executor, container_id, self.settings.STATS_INTERVAL)
             sampler.start()
         if self.executor.follows_output:
             output = OutputCollection(self._storage_names())
-            self._follower = _Follower(self.executor, container_id, output)
+            self._follower = Follower(self.executor, container_id, output)
             self._follower.start()
             self._live_due = time.monotonic() + (self.settings.LIVE_OUTPUT_INTERVAL or 0)
         try:
