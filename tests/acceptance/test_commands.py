@@ -394,6 +394,11 @@ def test_job_logs(fake_host: ExecutorHost) -> None:
     out, err = run("container_job", "logs", str(job.pk))
     assert "no output recorded yet: the job is queued" in err
 
+    ContainerJob.objects.filter(pk=job.pk).update(status=JobStatus.RUNNING, stdout_log="so far\n")
+    out, err = run("container_job", "logs", str(job.pk), "--stdout")
+    assert out == "so far\n"
+    assert "the job is running: the end of its output as its worker last recorded it" in err
+
     ContainerJob.objects.filter(pk=job.pk).update(
         status=JobStatus.COMPLETED,
         stdout_log="line 1\nline 2\n",

@@ -183,6 +183,9 @@ class Command(BaseCommand):
                 )
         if not (job.stdout_log or job.stderr_log) and job.status not in JobStatus.terminal():
             self.stderr.write(f"[no output recorded yet: the job is {job.status}]")
+        elif job.status == JobStatus.RUNNING:
+            self.stderr.write("[the job is running: the end of its output as its worker last"
+                              " recorded it]")  # fmt: skip
 
     # ---- cancel ------------------------------------------------------------------------
 
