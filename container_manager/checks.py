@@ -91,6 +91,8 @@ def check_hosts(
     from .models import ExecutorHost
 
     try:
+        if not _hosts_table_exists():  # before the first migrate (which runs this check)
+            return []
         hosts = list(ExecutorHost.objects.filter(is_active=True).order_by("name"))
     except DatabaseError as err:
         return [checks.Warning(f"Hosts not checked: {err}", id="container_manager.W002")]
@@ -114,3 +116,14 @@ def check_hosts(
                 )
             )
     return messages
+
+
+def _hosts_table_exists() -> bool:
+    from django.db import connections, router
+
+    from .models import ExecutorHost
+
+    connection = connections[router.db_for_read(ExecutorHost)]
+    with connection.cursor() as cursor:
+        tables = connection.introspection.table_names(cursor)
+    return ExecutorHost._meta.db_table in tables

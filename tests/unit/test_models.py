@@ -593,3 +593,32 @@ def test_check_warns_when_the_engine_keeps_less_output_than_the_tail(settings):
     assert "read after the exit (Swarm services" in warning.msg
     settings.CONTAINER_MANAGER = {"ENGINE_LOG_MAX_BYTES": 8192, "LOG_TAIL_BYTES": 8192}
     assert not [m for m in check_settings() if m.id == "container_manager.W005"]
+
+
+def test_the_host_check_is_silent_before_the_tables_exist(monkeypatch):
+    """``migrate`` runs the database checks first: a fresh database has no tables yet."""
+    from container_manager import checks
+
+    assert checks._hosts_table_exists() is True
+    ExecutorHost.objects.create(name="plain", connection_string="tcp://10.0.0.9:2375",
+                                insecure_tcp=True)  # fmt: skip
+    assert [m.id for m in checks.check_hosts(databases=["default"])] == ["container_manager.W003"]
+    monkeypatch.setattr(checks, "_hosts_table_exists", lambda: False)
+    assert checks.check_hosts(databases=["default"]) == []
+
+
+def test_migrate_on_a_fresh_database_prints_no_warning(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["SQLITE_PATH"] = str(tmp_path / "fresh.sqlite3")
+    done = subprocess.run(
+        [sys.executable, "manage.py", "migrate", "--noinput"],
+        capture_output=True, text=True, env=env, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "Applying container_manager.0001_initial... OK" in done.stdout
+    assert "W002" not in done.stdout + done.stderr
+    assert "WARNINGS" not in done.stdout + done.stderr
