@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, TypedDict, cast
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
 from django.db.models.functions import Length, Right
@@ -20,8 +21,17 @@ from django.urls import URLPattern, path, reverse
 from django.utils.html import format_html, format_html_join
 from django.utils.safestring import SafeString
 
-from . import admin_hosts, overview, queue
-from .admin_fields import LinesField, PairsField, SafeLookups, badge, seconds, short_time
+from . import admin_hosts, overview, queue, tally
+from .admin_fields import (
+    EstimatingPaginator,
+    LinesField,
+    PairsField,
+    SafeLookups,
+    badge,
+    job_search,
+    seconds,
+    short_time,
+)
 from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
 from .models import ContainerJob, JobAttempt, JobStatus
@@ -147,13 +157,36 @@ def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
     }
 
 
+#: The columns the job list reads (no output, environment or spec).
+LIST_COLUMNS = ("id", "name", "status", "docker_host", "docker_host__name", "docker_image",
+                "exit_code", "created_at", "started_at", "completed_at")  # fmt: skip
+
+
+class JobChangeList(ChangeList):
+    """The job list: its rows read only :data:`LIST_COLUMNS`."""
+
+    def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
+        return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+
+
+def _whole(jobs: QuerySet[ContainerJob]) -> QuerySet[ContainerJob]:
+    """The list's selected jobs with every column but the output (for the actions)."""
+    return jobs.defer(None).defer("stdout_log", "stderr_log")
+
+
 @admin.register(ContainerJob)
 class ContainerJobAdmin(SafeLookups):
     list_display = ("job", "status_badge", "host", "docker_image", "duration", "exit_code",
                     "created")  # fmt: skip
     list_filter = ("status", "docker_host", "created_at")
     search_fields = ("id", "name", "docker_image")
+    search_help_text = "A job id (or its first characters), or the start of a name or image."
     list_select_related = ("docker_host",)
+    # Every page at millions of jobs: no count of the whole table (the paginator counts up
+    # to a bound, then shows PostgreSQL's estimate, labelled), no facet counts.
+    paginator = EstimatingPaginator
+    show_full_result_count = False
+    show_facets = admin.ShowFacets.NEVER
     actions = ("cancel_jobs", "retry_jobs", "requeue_jobs")
     inlines = (JobAttemptInline,)
     fieldsets = (
@@ -188,6 +221,14 @@ class ContainerJobAdmin(SafeLookups):
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[ContainerJob]:
         return super().get_queryset(request).defer("stdout_log", "stderr_log")
+
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return JobChangeList
+
+    def get_search_results(
+        self, request: HttpRequest, queryset: QuerySet[ContainerJob], search_term: str
+    ) -> tuple[QuerySet[ContainerJob], bool]:
+        return job_search(queryset, search_term), False
 
     # ---- adding: a form whose save submits the job through the queue ----------------------
 
@@ -338,14 +379,15 @@ class ContainerJobAdmin(SafeLookups):
         if not self.has_view_permission(request):
             raise PermissionDenied
         buckets = overview.throughput()
-        counts = overview.counts_by_status()
+        totals = tally.totals()
+        counts = overview.counts_by_status(totals)
         context = {
             **self.admin_site.each_context(request),
             "title": "Queue overview",
             "opts": self.model._meta,
             "statuses": [(badge(s), counts[s.value], s.value) for s in JobStatus],
             "status_names": JobStatus.values,
-            "by_host": overview.counts_by_host(),
+            "by_host": overview.counts_by_host(totals),
             "depth": overview.queue_depth(),
             "buckets": buckets,
             "peak": max([b.total for b in buckets] + [1]),
@@ -368,7 +410,7 @@ class ContainerJobAdmin(SafeLookups):
 
     @admin.action(permissions=["change"], description="Cancel selected jobs")
     def cancel_jobs(self, request: HttpRequest, jobs: QuerySet[ContainerJob]) -> Any:
-        done = [job for job in jobs if queue.cancel(job)]
+        done = [job for job in _whole(jobs) if queue.cancel(job)]
         for job in done:
             self.log_change(request, job, "Cancelled from the admin.")
         return self._report(request, done, "cancelled (running ones stop shortly)", len(jobs))
@@ -376,7 +418,7 @@ class ContainerJobAdmin(SafeLookups):
     @admin.action(permissions=["change"], description="Retry selected ended jobs (new attempt)")
     def retry_jobs(self, request: HttpRequest, jobs: QuerySet[ContainerJob]) -> Any:
         done = []
-        for job in jobs:
+        for job in _whole(jobs):
             try:
                 done.append(queue.retry(job))
             except JobStateError:
@@ -387,7 +429,7 @@ class ContainerJobAdmin(SafeLookups):
     @admin.action(permissions=["change"], description="Requeue a copy of selected jobs")
     def requeue_jobs(self, request: HttpRequest, jobs: QuerySet[ContainerJob]) -> Any:
         copies = []
-        for job in jobs:
+        for job in _whole(jobs):
             copies.append(copy := queue.requeue_copy(job))
             self.log_change(request, job, f"Requeued from the admin as job {copy.pk}.")
             self.log_addition(request, copy, f"Copy of job {job.pk}, from the admin.")

@@ -5,11 +5,14 @@
 scrape time by :class:`DatabaseCollector`; so any web process can serve them, whatever the
 number of workers, and no engine is called:
 
-- ``container_jobs_jobs{status}``: jobs by status;
+- ``container_jobs_jobs{status}``: jobs not ended yet (queued, launching, running), exact;
 - ``container_jobs_queue_depth{scope}``: waiting jobs (``queued``) and those due now (``due``);
-- ``container_jobs_launch_latency_seconds``: histogram of created -> started, and
-  ``container_jobs_duration_seconds``: histogram of started -> completed, over the jobs still
-  in the database (they only grow until old rows are pruned, which reads as a counter reset);
+- ``container_jobs_finished_total{host,status}``: a counter of the jobs that reached each
+  ended status on each host, from the tally (:mod:`container_manager.tally`): it only
+  grows, pruning old jobs does not lower it;
+- ``container_jobs_launch_latency_seconds``: histogram of created -> started (every attempt
+  started), and ``container_jobs_duration_seconds``: histogram of started -> completed
+  (every job that ended after it started), from the tally too: monotonic;
 - ``container_jobs_host_healthy{host}`` (1/0), ``container_jobs_host_health_check_failures``,
   ``container_jobs_host_running_jobs``, ``container_jobs_host_capacity``;
 - ``container_jobs_worker_last_seen_timestamp_seconds{worker}`` and
@@ -44,11 +47,12 @@ from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
-from . import overview
+from . import overview, tally
 from .conf import get_settings
 from .models import ContainerJob, JobStatus
 from .outage import ADOPTIONS, INFRASTRUCTURE_RETRIES, OUTAGE, STUCK_LAUNCHES
 from .signals import job_finished, job_started
+from .tally import DURATION_BUCKETS, LATENCY_BUCKETS
 
 __all__ = [
     "DURATION_BUCKETS",
@@ -63,10 +67,6 @@ __all__ = [
     "start_worker_metrics_server",
 ]
 
-#: Bucket bounds (seconds) of the launch latency histograms.
-LATENCY_BUCKETS: tuple[float, ...] = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 300, 900, 3600)
-#: Bucket bounds (seconds) of the job duration histograms.
-DURATION_BUCKETS: tuple[float, ...] = (1, 5, 10, 30, 60, 300, 900, 1800, 3600, 14400, 86400)
 
 MISSING = (
     "Prometheus metrics need the prometheus-client package: "
@@ -90,17 +90,27 @@ def _le(bound: float) -> str:
 
 
 class DatabaseCollector:
-    """Reads the figures from the database at scrape time (six queries, no engine call)."""
+    """Reads the figures from the database at scrape time: five small queries whatever the
+    history (the live jobs' partial index, the tally, the hosts, the heartbeats), no engine
+    call."""
 
     def describe(self) -> list[Any]:
         return []  # no collect() at registration: that would query the database
 
     def collect(self) -> Iterator[Any]:
-        from prometheus_client.core import GaugeMetricFamily, HistogramMetricFamily
+        from prometheus_client.core import (
+            CounterMetricFamily,
+            GaugeMetricFamily,
+            HistogramMetricFamily,
+        )
 
-        jobs = GaugeMetricFamily("container_jobs_jobs", "Jobs by status.", labels=["status"])
-        for status, n in overview.counts_by_status().items():
-            jobs.add_metric([status], n)
+        jobs = GaugeMetricFamily(
+            "container_jobs_jobs", "Jobs not ended yet, by status.", labels=["status"]
+        )
+        live = overview.counts_by_status(totals=[])
+        for status in JobStatus:
+            if status in overview.LIVE:
+                jobs.add_metric([status.value], live[status.value])
         yield jobs
         depth = overview.queue_depth()
         queue = GaugeMetricFamily(
@@ -109,24 +119,45 @@ class DatabaseCollector:
         queue.add_metric(["queued"], depth.queued)
         queue.add_metric(["due"], depth.due)
         yield queue
+        totals = tally.totals()
+        hosts = overview.host_summaries()
+        yield self._finished(CounterMetricFamily, totals, {h.pk: h.name for h in hosts})
         for name, doc, histogram in (
             (
                 "container_jobs_launch_latency_seconds",
-                "Seconds from submission to container start, of the jobs in the database.",
-                overview.latency_histogram(LATENCY_BUCKETS),
+                "Seconds from submission to container start, of every attempt started.",
+                overview.latency_histogram(totals),
             ),
             (
                 "container_jobs_duration_seconds",
-                "Seconds from container start to the end, of the ended jobs in the database.",
-                overview.duration_histogram(DURATION_BUCKETS),
+                "Seconds from container start to the end, of every job that ended.",
+                overview.duration_histogram(totals),
             ),
         ):
             buckets = _buckets(histogram.bounds, histogram.cumulative, histogram.count)
             yield HistogramMetricFamily(name, doc, buckets=buckets, sum_value=histogram.sum)
-        yield from self._hosts(GaugeMetricFamily)
+        yield from self._hosts(GaugeMetricFamily, hosts)
         yield from self._workers(GaugeMetricFamily)
 
-    def _hosts(self, gauge: Any) -> Iterator[Any]:
+    @staticmethod
+    def _finished(counter: Any, totals: list[tally.Total], names: dict[int, str]) -> Any:
+        """``container_jobs_finished_total{host,status}``: jobs that ended, since the tally
+        began (pruning does not lower it)."""
+        family = counter(
+            "container_jobs_finished",
+            "Jobs that reached an ended status, by host and status.",
+            labels=["host", "status"],
+        )
+        sums: dict[tuple[str, str], int] = {}
+        for total in totals:
+            if total.status in JobStatus.terminal():
+                host = overview.host_name(names, total.host_id)
+                sums[host, total.status] = sums.get((host, total.status), 0) + total.count
+        for (host, status), count in sorted(sums.items()):
+            family.add_metric([host, status], count)
+        return family
+
+    def _hosts(self, gauge: Any, hosts: list[overview.HostSummary]) -> Iterator[Any]:
         families = {
             "healthy": gauge(
                 "container_jobs_host_healthy",
@@ -145,7 +176,7 @@ class DatabaseCollector:
                 "container_jobs_host_capacity", "max_concurrent_jobs of the host.", labels=["host"]
             ),
         }
-        for host in overview.host_summaries():
+        for host in hosts:
             families["healthy"].add_metric([host.name], 1 if host.healthy else 0)
             families["failures"].add_metric([host.name], host.failures)
             families["running"].add_metric([host.name], host.running)

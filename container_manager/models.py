@@ -57,6 +57,7 @@ __all__ = [
     "ExecutorHost",
     "JobAttempt",
     "JobStatus",
+    "JobTally",
     "RegistryCredential",
     "WorkerHeartbeat",
 ]
@@ -445,7 +446,7 @@ class ContainerJob(models.Model):
         ExecutorHost,
         on_delete=models.PROTECT,
         related_name="jobs",
-        # cm_job_host_status_idx leads with this column: a second index on it alone only
+        # cm_job_host_created_idx leads with this column: a second index on it alone only
         # costs every write, and tempts the planner into scanning a host's whole history.
         db_index=False,
         null=True,
@@ -570,8 +571,29 @@ class ContainerJob(models.Model):
                 condition=Q(status__in=["launching", "running"]),
                 name="cm_job_lease_idx",
             ),
-            models.Index(fields=["docker_host", "status"], name="cm_job_host_status_idx"),
+            # The jobs not ended yet (few, whatever the history): exact counts by status and
+            # host, a host's load, the claim's busy counts, read from this index alone.
+            models.Index(
+                fields=["docker_host", "status"],
+                condition=Q(status__in=["queued", "launching", "running"]),
+                name="cm_job_live_idx",
+            ),
             models.Index(fields=["status", "completed_at"], name="cm_job_status_done_idx"),
+            # The admin's list: its default order (newest first, then id), and that order
+            # within each filter it offers (status, host; the date filter is a range of it).
+            models.Index(fields=["created_at", "id"], name="cm_job_created_idx"),
+            models.Index(fields=["status", "created_at", "id"], name="cm_job_status_created_idx"),
+            models.Index(
+                fields=["docker_host", "created_at", "id"], name="cm_job_host_created_idx"
+            ),
+            # The admin's search by the start of a name or an image (LIKE 'x%' on PostgreSQL
+            # needs the pattern operator class; other databases ignore it).
+            models.Index(
+                fields=["name"], opclasses=["varchar_pattern_ops"], name="cm_job_name_idx"
+            ),
+            models.Index(
+                fields=["docker_image"], opclasses=["varchar_pattern_ops"], name="cm_job_image_idx"
+            ),
         ]
 
     def __str__(self) -> str:
@@ -929,3 +951,36 @@ class WorkerHeartbeat(models.Model):
 
     def __str__(self) -> str:
         return f"{self.worker_id} ({self.running_jobs}/{self.concurrency})"
+
+
+class JobTally(models.Model):
+    """How many jobs reached a status, per minute, host and histogram bucket: written by a
+    database trigger in the statement that changes a job's status (so every path counts,
+    in the same transaction), read by the overview and the metrics instead of counting
+    history. See :mod:`container_manager.tally`.
+
+    ``status`` is a terminal status (a job ended: ``bucket`` is its run time's histogram
+    bucket) or ``running`` (an attempt started: ``bucket`` is its launch latency's).
+    ``seconds`` is the sum of those durations. Rows older than two hours are folded into
+    the rows of minute :data:`~container_manager.tally.EPOCH` (the totals before)."""
+
+    minute = models.DateTimeField()
+    #: The job's host (a plain id, 0: never placed); not a foreign key, so that a host's
+    #: totals outlive it.
+    host_id = models.BigIntegerField(default=0)
+    status = models.CharField(max_length=20, choices=JobStatus.choices)
+    #: Index of the first histogram bound the duration is within; len(bounds): beyond them;
+    #: -1: no duration (a job cancelled before it started).
+    bucket = models.SmallIntegerField(default=-1)
+    count = models.BigIntegerField(default=0)
+    seconds = models.FloatField(default=0.0)
+
+    class Meta:
+        constraints: ClassVar = [
+            models.UniqueConstraint(
+                fields=["minute", "host_id", "status", "bucket"], name="cm_tally_key"
+            )
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.minute:%Y-%m-%d %H:%M} host {self.host_id} {self.status}: {self.count}"

@@ -34,6 +34,7 @@ from .outage import ADOPTIONS, DB_ERRORS, OUTAGE, backoff, close_broken, is_outa
 from .queue import Claimed, adopt_expired, claim
 from .reaper import prune_jobs, reap
 from .runner import JobRunner, RunControl
+from .tally import compact
 
 __all__ = ["Worker"]
 
@@ -393,7 +394,8 @@ class Worker:
 
     def _reap(self, recovered: list[ExecutorHost]) -> None:
         """Remove stale containers on hosts that came back (attempts declared lost while they
-        were away), and every REAP_INTERVAL everywhere; prune rows past JOB_RETENTION_DAYS."""
+        were away), and every REAP_INTERVAL everywhere; fold the tally's old minutes; prune rows
+        past JOB_RETENTION_DAYS."""
         conf = get_settings()
         older_than = timedelta(seconds=conf.REAP_OLDER_THAN)
         if recovered:
@@ -402,6 +404,7 @@ class Worker:
             return
         self._next_reap = time.monotonic() + conf.REAP_INTERVAL
         reap(older_than=older_than)
+        compact()  # the tally's rows older than two hours into its totals
         if conf.JOB_RETENTION_DAYS is not None:
             prune_jobs(timedelta(days=conf.JOB_RETENTION_DAYS))
 

@@ -40,14 +40,29 @@ def parse(text):
 
 
 def job(host, status, *, created_ago=0.0, start_after=None, run_for=None, **fields):
+    """A job that lived its life up to ``status`` through status changes (UPDATEs), as the
+    worker's transitions make them: the tally's trigger counts it as it goes."""
     now = timezone.now()
     created = now - timedelta(seconds=created_ago)
-    started = created + timedelta(seconds=start_after) if start_after is not None else None
-    completed = started + timedelta(seconds=run_for) if run_for is not None else None
-    return ContainerJob.objects.create(
-        docker_host=host, docker_image="busybox:latest", status=status, created_at=created,
-        started_at=started, completed_at=completed, **fields,
+    first = JobStatus.LAUNCHING if status == JobStatus.LAUNCHING else JobStatus.QUEUED
+    made = ContainerJob.objects.create(
+        docker_host=host, docker_image="busybox:latest", status=first, created_at=created,
+        **fields,
     )  # fmt: skip
+    rows = ContainerJob.objects.filter(pk=made.pk)
+    started = created + timedelta(seconds=start_after) if start_after is not None else None
+    if started is not None:
+        rows.update(status=JobStatus.RUNNING, started_at=started)
+    if JobStatus(status).is_terminal:
+        completed = started + timedelta(seconds=run_for) if run_for is not None else now
+        rows.update(status=status, completed_at=completed)
+    return made
+
+
+def finished(samples, host, status):
+    return samples[
+        ("container_jobs_finished_total", frozenset({("host", host), ("status", status)}))
+    ]
 
 
 def test_jobs_by_status_and_queue_depth(client, fake_host):
@@ -57,17 +72,38 @@ def test_jobs_by_status_and_queue_depth(client, fake_host):
     for _ in range(3):
         job(fake_host, JobStatus.FAILED, start_after=1, run_for=1)
     samples = scrape(client)
+    live = ("queued", "launching", "running")
     status = {
-        s: samples[("container_jobs_jobs", frozenset({("status", s)}))] for s in JobStatus.values
+        s: samples.get(("container_jobs_jobs", frozenset({("status", s)})))
+        for s in JobStatus.values
     }
     assert status == {
-        **dict.fromkeys(JobStatus.values, 0.0),
+        **dict.fromkeys(JobStatus.values, None),  # ended jobs are counters, not gauges
+        **dict.fromkeys(live, 0.0),
         "queued": 2,
         "running": 1,
-        "failed": 3,
     }
+    assert finished(samples, "fake-engine", "failed") == 3
     assert samples[("container_jobs_queue_depth", frozenset({("scope", "queued")}))] == 2
     assert samples[("container_jobs_queue_depth", frozenset({("scope", "due")}))] == 1
+
+
+def test_finished_jobs_are_counters_that_pruning_never_lowers(client, fake_host):
+    from container_manager.reaper import prune_jobs
+
+    old = [job(fake_host, JobStatus.COMPLETED, start_after=1, run_for=1) for _ in range(3)]
+    job(None, JobStatus.CANCELLED)  # cancelled before it was placed
+    before = scrape(client)
+    assert finished(before, "fake-engine", "completed") == 3
+    assert finished(before, "(not placed yet)", "cancelled") == 1
+    ContainerJob.objects.filter(pk__in=[j.pk for j in old]).update(
+        completed_at=timezone.now() - timedelta(days=30)
+    )
+    assert prune_jobs(timedelta(days=7)) == 3
+    job(fake_host, JobStatus.COMPLETED, start_after=1, run_for=1)
+    after = scrape(client)
+    assert finished(after, "fake-engine", "completed") == 4
+    assert after[("container_jobs_duration_seconds_count", frozenset())] == 4
 
 
 def test_launch_latency_and_duration_histograms(client, fake_host):
@@ -130,7 +166,11 @@ def test_worker_heartbeats(client, fake_host):
 def test_a_scrape_is_a_fixed_number_of_queries(client, fake_host, django_assert_num_queries):
     for status in JobStatus:
         job(fake_host, status, start_after=1)
-    with django_assert_num_queries(6):
+    with django_assert_num_queries(5):
+        scrape(client)
+    for status in JobStatus:  # more history, the same queries
+        job(fake_host, status, start_after=1)
+    with django_assert_num_queries(5):
         scrape(client)
 
 

@@ -13,6 +13,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ...conf import get_settings
 from ...models import ExecutorHost
 from ...reaper import prune_jobs, reap
+from ...tally import compact
 
 
 class Command(BaseCommand):
@@ -58,6 +59,8 @@ class Command(BaseCommand):
             )
         verb = "Would remove" if dry_run else "Removed"
         self.stdout.write(f"{verb} {len(removals)} container(s).")
+        if not dry_run:
+            compact()  # the tally's rows older than two hours into its totals
         if options["prune_jobs"]:
             self._prune(dry_run)
 
