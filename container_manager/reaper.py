@@ -25,20 +25,23 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
+from django.core.files.storage import storages
 from django.db import transaction
+from django.db.models import QuerySet
 from django.utils import timezone
 
+from .conf import get_settings
 from .exceptions import ContainerManagerError
 from .executors import get_executor
 from .executors.base import LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED
-from .models import ContainerJob, ExecutorHost, JobStatus
+from .models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
 
 __all__ = ["Removal", "prune_jobs", "reap"]
 
 log = logging.getLogger("container_manager.reaper")
 
 _RUNNING = frozenset({"running", "restarting", "paused"})
-_PRUNE_BATCH = 500
+_PRUNE_BATCH = 1000
 
 
 @dataclass(frozen=True)
@@ -171,20 +174,73 @@ def reap(
 
 
 def prune_jobs(older_than: timedelta, dry_run: bool = False) -> int:
-    """Delete ended jobs (and their attempts) that completed before ``now - older_than``;
-    returns how many jobs were (or would be) deleted. Deletes in small batches so that no
-    long transaction holds the table."""
+    """Delete ended jobs that completed before ``now - older_than``, with their attempts
+    and their stored output files; returns how many jobs were (or would be) deleted.
+
+    Batches of :data:`_PRUNE_BATCH`, each its own short transaction, walk each ended
+    status's part of the (status, completed_at) index from the oldest end, never scanning
+    what is left: a worker claiming meanwhile does not wait on them (a claim locks hosts
+    and waiting jobs; a batch locks only ended jobs). Each batch checks its rows again
+    (a job retried meanwhile is kept). The tally is not touched: counters stay."""
     cutoff = timezone.now() - older_than
-    query = ContainerJob.objects.filter(status__in=JobStatus.terminal(), completed_at__lt=cutoff)
     if dry_run:
-        return query.count()
+        return _old_jobs(cutoff).count()
     deleted = 0
-    while batch := list(query.order_by().values_list("pk", flat=True)[:_PRUNE_BATCH]):
-        with transaction.atomic():
-            _, per_model = ContainerJob.objects.filter(
-                pk__in=batch, status__in=JobStatus.terminal()
-            ).delete()
-        deleted += per_model.get(ContainerJob._meta.label, 0)
+    for status in sorted(JobStatus.terminal()):
+        after: datetime | None = None
+        while batch := _next_batch(status, cutoff, after):
+            after = batch[-1][1]
+            deleted += _delete_batch([pk for pk, _ in batch], cutoff)
     if deleted:
         log.info("reaper pruned %d job(s) completed before %s", deleted, cutoff.isoformat())
     return deleted
+
+
+def _old_jobs(cutoff: datetime) -> QuerySet[ContainerJob]:
+    return ContainerJob.objects.filter(status__in=JobStatus.terminal(), completed_at__lt=cutoff)
+
+
+def _next_batch(status: str, cutoff: datetime, after: datetime | None) -> list[tuple[Any, Any]]:
+    """The next (pk, completed_at) of ``status`` ended before ``cutoff``, oldest first, from
+    ``after`` on (a keyset page: the rows deleted before are not read again)."""
+    query = ContainerJob.objects.filter(status=status, completed_at__lt=cutoff)
+    if after is not None:
+        query = query.filter(completed_at__gte=after)
+    return list(query.order_by("completed_at").values_list("pk", "completed_at")[:_PRUNE_BATCH])
+
+
+def _delete_batch(pks: list[Any], cutoff: datetime) -> int:
+    """Delete the jobs of ``pks`` still ended before ``cutoff`` (rows locked first), their
+    attempts, and once committed their stored output files. One short transaction."""
+    with transaction.atomic():
+        rows = list(
+            _old_jobs(cutoff)
+            .filter(pk__in=pks)
+            .select_for_update()
+            .values_list("pk", "stdout_file", "stderr_file")
+        )
+        if not rows:
+            return 0
+        doomed = [pk for pk, _, _ in rows]
+        JobAttempt.objects.filter(job_id__in=doomed).delete()
+        # only("pk"): the collector reads the rows it deletes, and not their output.
+        _, per_model = ContainerJob.objects.filter(pk__in=doomed).only("pk").delete()
+        files = [name for _, *names in rows for name in names if name]
+        if files:
+            transaction.on_commit(lambda: _remove_files(files))
+    return per_model.get(ContainerJob._meta.label, 0)
+
+
+def _remove_files(names: list[str]) -> None:
+    """Remove pruned jobs' stored output from LOG_STORAGE; a failure is logged."""
+    alias = get_settings().LOG_STORAGE
+    if alias is None:
+        log.warning("reaper: %d output file(s) of pruned jobs kept: LOG_STORAGE is not set",
+                    len(names))  # fmt: skip
+        return
+    storage = storages[alias]
+    for name in names:
+        try:
+            storage.delete(name)
+        except OSError as err:
+            log.warning("reaper: output file %s of a pruned job not removed: %s", name, err)

@@ -278,7 +278,8 @@ def test_command_uses_the_cut_off_and_the_hosts_given(fake_host, engine):
         run_command("--older-than-hours", "-1")
 
 
-def test_command_prune_jobs_without_a_retention_keeps_every_row(fake_host):
+def test_command_prune_jobs_without_a_retention_keeps_every_row(fake_host, settings):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "JOB_RETENTION_DAYS": None}
     make_job(fake_host, JobStatus.COMPLETED, ended_ago=400 * DAY)
     assert "JOB_RETENTION_DAYS is not set: job rows are kept." in run_command("--prune-jobs")
     assert ContainerJob.objects.count() == 1
