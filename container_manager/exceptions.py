@@ -8,6 +8,7 @@ executor boundary, with ``raise ... from err``.
 from __future__ import annotations
 
 __all__ = [
+    "BulkSubmitError",
     "ConfigurationError",
     "ContainerExecutionError",
     "ContainerManagerError",
@@ -40,6 +41,20 @@ class UnknownExecutorError(ConfigurationError):
 
 class InvalidJobError(ContainerManagerError):
     """A job cannot be run as given (bad image reference, bad environment, ...)."""
+
+
+class BulkSubmitError(InvalidJobError):
+    """Some jobs of a bulk submission are invalid, so none was queued. ``rejected`` lists
+    each as (line number, what is wrong)."""
+
+    SHOWN = 20  # bad lines the message itself names
+
+    def __init__(self, rejected: list[tuple[int, str]], total: int) -> None:
+        self.rejected = rejected
+        lines = "; ".join(f"line {n}: {why}" for n, why in rejected[: self.SHOWN])
+        more = f"; and {len(rejected) - self.SHOWN} more" if len(rejected) > self.SHOWN else ""
+        super().__init__(f"{len(rejected)} of {total} jobs are invalid, none was queued: "
+                         f"{lines}{more}")  # fmt: skip
 
 
 class SecretUnavailableError(InvalidJobError):

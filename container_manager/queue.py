@@ -8,13 +8,16 @@ takes the write lock up front (``transaction_mode=IMMEDIATE``), which serialises
 
 from __future__ import annotations
 
+import functools
+import inspect
 import random
 import shlex
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from contextvars import ContextVar
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, ParamSpec, cast
 
 from django.core.exceptions import ValidationError
 from django.db import connection, transaction
@@ -24,7 +27,7 @@ from django.utils import timezone
 from .compiled import fetch, update
 from .conf import get_settings
 from .environment import format_environment
-from .exceptions import ConfigurationError, InvalidJobError, JobStateError
+from .exceptions import BulkSubmitError, ConfigurationError, InvalidJobError, JobStateError
 from .executors import executor_class
 from .health import healthy_hosts
 from .models import (
@@ -40,17 +43,20 @@ from .notify import notify_new_job
 from .placement import HostRoom, OpenJob, choose_host
 from .policy import refusal_text, refusals
 from .signals import job_finished, job_queued, send
-from .spec import SPEC_FIELDS, parse_mounts
+from .spec import SPEC_FIELDS, image_registry, parse_mounts
 
 __all__ = [
+    "BulkSubmission",
     "adopt_expired",
     "backoff_delay",
     "cancel",
     "claim",
+    "prepare",
     "requeue_copy",
     "resolve_host",
     "retry",
     "submit",
+    "submit_many",
 ]
 
 
@@ -72,7 +78,7 @@ def _validation_message(err: ValidationError) -> str:
     return " ".join(err.messages)
 
 
-def submit(
+def prepare(
     *,
     image: str,
     host: ExecutorHost | str | int | None = None,
@@ -105,7 +111,8 @@ def submit(
     job_id: uuid.UUID | None = None,
     submitted_by: str = "",
 ) -> ContainerJob:
-    """Validate and queue a job; returns the saved job. Bad input raises InvalidJobError.
+    """Validate a job; returns it, unsaved (:func:`submit` saves and queues it, and
+    :func:`submit_many` many at once). Bad input raises InvalidJobError.
 
     ``host`` names the engine host; without it the queue places the job on a fitting host
     (one carrying every label in ``labels``: ``{"gpu": "true"}`` or ``["gpu", "region=eu"]``).
@@ -129,12 +136,12 @@ def submit(
     the job in its own command (the Tasks backend).
     """
     if isinstance(template, str):
-        template = EnvironmentVariableTemplate.objects.filter(
-            name=template
-        ).first() or _no_template(template)
+        template = cast(EnvironmentVariableTemplate, _looked_up("template", template, _template))
     job = ContainerJob(
         id=job_id or uuid.uuid4(),
-        docker_host=resolve_host(host) if host is not None else None,
+        docker_host=_looked_up("host", str(host), lambda _: resolve_host(host))
+        if host is not None
+        else None,
         required_labels=dict(labels) if isinstance(labels, Mapping) else parse_labels(labels or []),
         name=name,
         docker_image=image,
@@ -156,7 +163,11 @@ def submit(
         mounts=_mount_dicts(mounts),
         network=network,
         secret_environment=dict(secret_environment or {}),
-        registry_credential=_credential(registry_credential, image),
+        registry_credential=_looked_up(
+            "credential",
+            (registry_credential, image_registry(image)),
+            lambda _: _credential(registry_credential, image),
+        ),
         gpus=gpus,
         shm_size_mb=shm_size_mb,
         pids_limit=pids_limit,
@@ -166,13 +177,56 @@ def submit(
         privileged=privileged,
         submitted_by=submitted_by[:200],
     )
+    bulk = _bulk.get() is not None
     try:
-        job.full_clean()
+        # Many at once (submit_many), the ids are checked together, and the rows the job
+        # names were read by this call: not one query for each.
+        job.full_clean(exclude=_FOREIGN_KEYS if bulk else None, validate_unique=not bulk)
     except ValidationError as err:
         raise InvalidJobError(f"Invalid job: {_validation_message(err)}") from err
-    job.save()
-    _queued(job)
     return job
+
+
+P = ParamSpec("P")
+
+
+def _saved(build: Callable[P, ContainerJob]) -> Callable[P, ContainerJob]:
+    @functools.wraps(build)
+    def submit(*args: P.args, **kwargs: P.kwargs) -> ContainerJob:
+        job = build(*args, **kwargs)
+        job.save()
+        _queued(job)
+        return job
+
+    submit.__doc__ = (
+        "Validate and queue a job; returns the saved job. Bad input raises InvalidJobError."
+        f"\n\nThe keywords are :func:`prepare`'s:\n{build.__doc__}"
+    )
+    return submit
+
+
+submit = _saved(prepare)
+
+#: While submit_many validates: the rows its jobs name (hosts, templates, credentials), read
+#: once for all of them.
+_bulk: ContextVar[dict[tuple[str, Hashable], Any] | None] = ContextVar("_bulk", default=None)
+_MISSING = object()
+_FOREIGN_KEYS = ("docker_host", "environment_template", "registry_credential")
+
+
+def _looked_up(kind: str, key: Hashable, load: Callable[[Any], Any]) -> Any:
+    """``load(key)``, remembered for the rest of a submit_many call."""
+    cache = _bulk.get()
+    if cache is None:
+        return load(key)
+    found = cache.get((kind, key), _MISSING)
+    if found is _MISSING:
+        found = cache[kind, key] = load(key)
+    return found
+
+
+def _template(name: str) -> EnvironmentVariableTemplate:
+    return EnvironmentVariableTemplate.objects.filter(name=name).first() or _no_template(name)
 
 
 def _mount_dicts(mounts: Sequence[str | Mapping[str, Any]] | None) -> Any:
@@ -204,6 +258,102 @@ def _queued(job: ContainerJob) -> None:
 
 def _no_template(name: str) -> EnvironmentVariableTemplate:
     raise InvalidJobError(f"Unknown environment template {name!r}")
+
+
+#: Jobs submit_many inserts per INSERT statement.
+BULK_BATCH = 1000
+_KEYWORDS = frozenset(inspect.signature(prepare).parameters)
+
+
+@dataclass(frozen=True)
+class BulkSubmission:
+    """What :func:`submit_many` did: the jobs it queued, and (with ``skip_invalid``) the
+    specs it did not, as (line number, what is wrong)."""
+
+    jobs: list[ContainerJob]
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+
+
+def submit_many(
+    specs: Iterable[Mapping[str, Any] | InvalidJobError],
+    *,
+    line_numbers: Sequence[int] | None = None,
+    skip_invalid: bool = False,
+    submitted_by: str = "",
+) -> BulkSubmission:
+    """Validate every spec (the keywords of :func:`submit`) and queue them all: inserted
+    in batches of :data:`BULK_BATCH` in one transaction, and one wake-up of the workers.
+
+    A spec is numbered by ``line_numbers`` (default: 1, 2, ...); an InvalidJobError in
+    place of a spec stands for an entry already known to be bad (a line that is not JSON).
+    When any is bad, BulkSubmitError lists every bad one by number and nothing is queued;
+    with ``skip_invalid`` the good ones are queued and the result lists the others.
+    ``submitted_by``, when given, is every job's submitter (a spec's own is then ignored)."""
+    jobs, rejected = _validate_all(specs, line_numbers, submitted_by)
+    if rejected and not skip_invalid:
+        raise BulkSubmitError(rejected, len(jobs) + len(rejected))
+    with transaction.atomic():
+        _check_new_ids(jobs)
+        ContainerJob.objects.bulk_create(jobs, batch_size=BULK_BATCH)
+        notify_new_job()
+        transaction.on_commit(functools.partial(_announce, jobs))
+    return BulkSubmission(jobs, rejected)
+
+
+def _validate_all(
+    specs: Iterable[Mapping[str, Any] | InvalidJobError],
+    line_numbers: Sequence[int] | None,
+    submitted_by: str,
+) -> tuple[list[ContainerJob], list[tuple[int, str]]]:
+    jobs: list[ContainerJob] = []
+    rejected: list[tuple[int, str]] = []
+    token = _bulk.set({})
+    try:
+        for index, spec in enumerate(specs):
+            number = line_numbers[index] if line_numbers is not None else index + 1
+            try:
+                jobs.append(_prepare_one(spec, submitted_by))
+            except InvalidJobError as err:
+                rejected.append((number, str(err)))
+    finally:
+        _bulk.reset(token)
+    return jobs, rejected
+
+
+def _prepare_one(spec: Mapping[str, Any] | InvalidJobError, submitted_by: str) -> ContainerJob:
+    if isinstance(spec, InvalidJobError):
+        raise spec
+    if not isinstance(spec, Mapping):
+        raise InvalidJobError(f"A job is an object of submit()'s keywords, not {_kind(spec)}")
+    unknown = sorted(set(spec) - _KEYWORDS)
+    if unknown:
+        raise InvalidJobError(f"Unknown key(s) {', '.join(map(repr, unknown))}")
+    if "image" not in spec:
+        raise InvalidJobError("The key 'image' is required")
+    keywords = {**spec, "submitted_by": submitted_by or spec.get("submitted_by", "")}
+    try:
+        return prepare(**keywords)
+    except (TypeError, ValueError, AttributeError) as err:  # a value of the wrong shape
+        raise InvalidJobError(f"Invalid job: a value has the wrong type ({err})") from err
+
+
+def _announce(jobs: list[ContainerJob]) -> None:
+    for job in jobs:
+        send(job_queued, job)
+
+
+def _kind(value: object) -> str:
+    return {list: "a list", str: "a string", type(None): "null"}.get(type(value), "a value")
+
+
+def _check_new_ids(jobs: list[ContainerJob]) -> None:
+    """Refuse ids given twice, or already taken (one query, within the insert's
+    transaction)."""
+    ids = [job.pk for job in jobs]
+    if len(set(ids)) != len(ids):
+        raise InvalidJobError("Invalid jobs: the same job_id is given twice")
+    if ContainerJob.objects.filter(pk__in=ids).exists():
+        raise InvalidJobError("Invalid jobs: a job_id is already taken")
 
 
 def backoff_delay(attempt: int) -> float:

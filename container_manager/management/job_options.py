@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import argparse
 import json
-from typing import Any
+import sys
+from typing import IO, Any
 
 from django.core.management.base import CommandError, CommandParser
 from django.utils import timezone
 from django.utils.dateparse import parse_datetime
 
-__all__ = ["add_submit_arguments", "submit_keywords"]
+from container_manager.exceptions import InvalidJobError
+
+__all__ = ["add_submit_arguments", "read_job_lines", "submit_keywords"]
 
 _SPEC_HELP = """\
 the container spec options in detail:
@@ -66,7 +69,19 @@ def _add_job_arguments(submit: CommandParser) -> None:
         metavar="ISO-TIME",
         help="Not before this time, e.g. 2026-12-01T08:00:00+00:00.",
     )
-    add("--image", required=True, help="Image reference, e.g. busybox:latest.")
+    add("--image", help="Image reference, e.g. busybox:latest (required without --from-file).")
+    add(
+        "--from-file",
+        metavar="JOBS.jsonl",
+        help="Queue many jobs: one JSON object a line, of submit()'s keywords (image, host,"
+        ' command, ...), e.g. {"image": "busybox:latest", "command": ["echo", "hi"]}; - reads'
+        " stdin. All or none: a bad line is reported by its number and nothing is queued.",
+    )
+    add(
+        "--skip-invalid",
+        action="store_true",
+        help="With --from-file: queue the good lines and report the bad ones.",
+    )
     add("--name", default="", help="A name to recognise the job by.")
     add("--memory", type=int, metavar="MB", help="Memory limit in MB.")
     add("--cpu", type=float, metavar="CORES", help="CPU limit in cores.")
@@ -228,3 +243,35 @@ def _run_after(text: str | None) -> Any:
             " e.g. 2026-12-01T08:00:00+00:00"
         )
     return moment
+
+
+def read_job_lines(path: str) -> tuple[list[Any], list[int]]:
+    """The jobs of a JSON-lines file (``-``: stdin) and their line numbers: each a parsed
+    object, or an InvalidJobError for a line that is not JSON. Blank lines are skipped."""
+    try:
+        with _opened(path) as lines:
+            return _parse_lines(lines)
+    except OSError as err:
+        raise CommandError(f"--from-file {path}: {err.strerror or err}.") from err
+    except UnicodeDecodeError as err:
+        raise CommandError(f"--from-file {path}: not UTF-8 text ({err.reason}).") from err
+
+
+def _opened(path: str) -> IO[str]:
+    if path == "-":
+        return open(sys.stdin.fileno(), encoding="utf-8", closefd=False)
+    return open(path, encoding="utf-8")
+
+
+def _parse_lines(lines: IO[str]) -> tuple[list[Any], list[int]]:
+    specs: list[Any] = []
+    numbers: list[int] = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            specs.append(json.loads(line))
+        except ValueError as err:
+            specs.append(InvalidJobError(f"Not JSON: {getattr(err, 'msg', err)}"))
+        numbers.append(number)
+    return specs, numbers

@@ -23,8 +23,12 @@ from django.utils import timezone
 
 from container_manager import queue
 from container_manager.environment import mask_environment
-from container_manager.exceptions import InvalidJobError
-from container_manager.management.job_options import add_submit_arguments, submit_keywords
+from container_manager.exceptions import BulkSubmitError, InvalidJobError
+from container_manager.management.job_options import (
+    add_submit_arguments,
+    read_job_lines,
+    submit_keywords,
+)
 from container_manager.management.output import printable, rows_text, table_text
 from container_manager.models import ContainerJob, JobStatus
 from container_manager.spec_text import job_spec_rows, recorded_spec_text
@@ -79,6 +83,11 @@ class Command(BaseCommand):
     # ---- submit ------------------------------------------------------------------------
 
     def _submit(self, options: dict[str, Any]) -> None:
+        if options["from_file"]:
+            self._submit_file(options)
+            return
+        if not options["image"]:
+            raise CommandError("--image is required (or --from-file).")
         keywords = {**submit_keywords(options), "submitted_by": f"cli:{getpass.getuser()}"}
         try:
             job = queue.submit(**keywords)
@@ -88,6 +97,35 @@ class Command(BaseCommand):
             where = f"on host {job.docker_host.name!r}" if job.docker_host else "to be placed"
             self.stderr.write(f"Queued job {job.pk} {where}.")
         self.stdout.write(str(job.pk))
+
+    def _submit_file(self, options: dict[str, Any]) -> None:
+        """Every line of the file a job: ids on stdout, bad lines on stderr by number."""
+        if options["image"] or options["command"]:
+            raise CommandError("--from-file takes the jobs from the file: no --image, no command.")
+        specs, numbers = read_job_lines(options["from_file"])
+        try:
+            done = queue.submit_many(
+                specs,
+                line_numbers=numbers,
+                skip_invalid=options["skip_invalid"],
+                submitted_by=f"cli:{getpass.getuser()}",
+            )
+        except BulkSubmitError as err:
+            self._rejected(err.rejected)
+            raise CommandError(
+                f"{len(err.rejected)} of {len(specs)} line(s) are invalid (above): no job was"
+                " queued. Fix them, or pass --skip-invalid to queue the others."
+            ) from err
+        self._rejected(done.rejected)
+        for job in done.jobs:
+            self.stdout.write(str(job.pk))
+        if options["verbosity"] >= 1:
+            skipped = f", {len(done.rejected)} line(s) skipped" if done.rejected else ""
+            self.stderr.write(f"Queued {len(done.jobs)} job(s){skipped}.")
+
+    def _rejected(self, rejected: list[tuple[int, str]]) -> None:
+        for number, why in rejected:
+            self.stderr.write(printable(f"line {number}: {why}"))
 
     # ---- show --------------------------------------------------------------------------
 

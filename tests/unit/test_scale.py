@@ -1,0 +1,284 @@
+"""A queue with history: the tally the trigger keeps (and what reads it), pruning in
+batches, and bulk submission. Timings are the benchmark's (bench/run.py scale); these pin
+the behaviour: what is counted, which queries run, what is inserted."""
+
+from __future__ import annotations
+
+import json
+from datetime import timedelta
+from io import StringIO
+from unittest import mock
+
+import pytest
+from django.core.files.base import ContentFile
+from django.core.files.storage import storages
+from django.core.management import CommandError, call_command
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+
+from container_manager import compiled, overview, queue, reaper, tally
+from container_manager.exceptions import BulkSubmitError, InvalidJobError
+from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, JobStatus, JobTally
+from tests.lived import lived_job
+
+pytestmark = pytest.mark.django_db
+
+
+def ended(host, status=JobStatus.COMPLETED, *, ran=2.0, ago=timedelta(0), **fields):
+    end = timezone.now() - ago
+    return lived_job(host, status, started_at=end - timedelta(seconds=ran), completed_at=end,
+                     **{"docker_image": "busybox:latest", **fields})  # fmt: skip
+
+
+def counted(status, host_id=None):
+    return sum(
+        t.count for t in tally.totals() if t.status == status and host_id in (None, t.host_id)
+    )
+
+
+# ---- the tally ------------------------------------------------------------------------------
+
+
+def test_the_worker_transitions_are_counted_in_their_own_update(
+    fake_host, django_assert_num_queries
+):
+    job = ContainerJob.objects.create(docker_host=fake_host, docker_image="busybox:latest",
+                                      status=JobStatus.LAUNCHING, worker_id="w")  # fmt: skip
+    with django_assert_num_queries(1):
+        assert job.mark_running("w", "c-1")
+    with django_assert_num_queries(1):
+        assert job.mark_finished("w", JobStatus.FAILED, exit_code=3)
+    assert (counted(tally.STARTED), counted(JobStatus.FAILED, fake_host.pk)) == (1, 1)
+
+
+def test_only_a_change_into_an_ended_status_counts_and_a_retry_counts_again(fake_host):
+    job = ended(fake_host, JobStatus.TIMEOUT)
+    ContainerJob.objects.filter(pk=job.pk).update(status=JobStatus.FAILED)  # ended to ended
+    ContainerJob.objects.create(docker_image="busybox:latest", status=JobStatus.COMPLETED)
+    assert (counted(JobStatus.TIMEOUT), counted(JobStatus.FAILED)) == (1, 0)
+    assert counted(JobStatus.COMPLETED) == 0, "an insert is not a status change"
+    queue.retry(job)
+    compiled.update(ContainerJob, {"pk": job.pk}, status=JobStatus.TIMEOUT,
+                    completed_at=timezone.now())  # fmt: skip
+    assert counted(JobStatus.TIMEOUT) == 2
+
+
+@pytest.mark.parametrize("seconds", [0.5, 1.0, 4.0, 5.0, 299.0, 86_400.0, 90_000.0])
+def test_the_trigger_buckets_durations_as_the_histograms_bound_them(fake_host, seconds):
+    ended(fake_host, ran=seconds)
+    (row,) = [t for t in tally.totals() if t.status == JobStatus.COMPLETED]
+    assert row.bucket == tally.bucket_of(seconds, tally.DURATION_BUCKETS)
+    assert row.seconds == pytest.approx(seconds, abs=0.01)
+
+
+def test_a_job_cancelled_before_it_started_has_no_duration(fake_host):
+    job = queue.submit(host=fake_host, image="busybox:latest")
+    queue.cancel(job)
+    (row,) = [t for t in tally.totals() if t.status == JobStatus.CANCELLED]
+    assert (row.bucket, row.count, row.host_id) == (-1, 1, fake_host.pk)
+
+
+def test_compact_folds_old_minutes_into_the_totals_and_keeps_them(fake_host):
+    for ago in (timedelta(hours=5), timedelta(hours=3), timedelta(minutes=5)):
+        ended(fake_host, ago=ago)
+    before = counted(JobStatus.COMPLETED)
+    assert tally.compact() == 4, "two old minutes, each a row of ends and one of starts"
+    assert JobTally.objects.filter(minute=tally.EPOCH, status=JobStatus.COMPLETED).get().count == 2
+    assert tally.compact() == 0
+    ended(fake_host, ago=timedelta(hours=4))
+    assert tally.compact() == 2
+    assert counted(JobStatus.COMPLETED) == before + 1
+    assert JobTally.objects.filter(minute=tally.EPOCH).count() == 2  # completed, started
+
+
+def test_the_migration_counts_the_history_once(fake_host):
+    ContainerJob.objects.create(docker_host=fake_host, docker_image="busybox:latest",
+                                status=JobStatus.FAILED, created_at=timezone.now(),
+                                started_at=timezone.now(), completed_at=timezone.now())  # fmt: skip
+    assert tally.backfill(ContainerJob.objects.all(), JobTally) == 2  # failed, started
+    assert (counted(JobStatus.FAILED, fake_host.pk), counted(tally.STARTED)) == (1, 1)
+
+
+# ---- what reads it -----------------------------------------------------------------------
+
+
+def test_overview_counts_live_jobs_exactly_and_ended_ones_from_the_tally(fake_host):
+    other = ExecutorHost.objects.create(name="other", connection_string="unix:///o.sock")
+    lived_job(fake_host, docker_image="busybox:latest")
+    lived_job(other, JobStatus.RUNNING, docker_image="busybox:latest")
+    ended(fake_host, JobStatus.FAILED)
+    pruned = ended(other, ago=timedelta(days=40))
+    ContainerJob.objects.filter(pk=pruned.pk).delete()
+    counts = overview.counts_by_status()
+    assert {s: n for s, n in counts.items() if n} == {"queued": 1, "running": 1, "failed": 1,
+                                                      "completed": 1}  # fmt: skip
+    by_host = overview.counts_by_host()
+    assert (by_host["other"]["running"], by_host["other"]["completed"]) == (1, 1)
+    assert by_host[fake_host.name]["failed"] == 1
+    assert overview.hosts_with_load().get(name="other").running == 1
+
+
+def test_overview_reads_no_job_that_ended(fake_host):
+    ended(fake_host)
+    with CaptureQueriesContext(connection) as queries:
+        overview.counts_by_status()
+        overview.counts_by_host()
+        overview.throughput()
+    jobs = [q["sql"] for q in queries if "container_manager_containerjob" in q["sql"]]
+    assert len(jobs) == 2
+    assert all("'queued'" in sql and "'completed'" not in sql for sql in jobs), jobs
+
+
+# ---- pruning -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def log_storage(settings, tmp_path):
+    settings.STORAGES = {
+        **settings.STORAGES,
+        "cm-logs": {"BACKEND": "django.core.files.storage.FileSystemStorage",
+                    "OPTIONS": {"location": str(tmp_path)}},
+    }  # fmt: skip
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "LOG_STORAGE": "cm-logs"}
+    storages._storages.pop("cm-logs", None)
+    storages._backends = None  # read STORAGES again
+    yield storages["cm-logs"]
+    storages._storages.pop("cm-logs", None)
+    storages._backends = None
+
+
+@pytest.mark.django_db(transaction=True)
+def test_prune_goes_in_short_batches_with_attempts_and_output_files(fake_host, log_storage,
+                                                                    monkeypatch):  # fmt: skip
+    monkeypatch.setattr(reaper, "_PRUNE_BATCH", 2)
+    old = []
+    for n in range(5):
+        name = log_storage.save(f"out-{n}.log", ContentFile(b"x"))
+        job = ended(fake_host, ago=timedelta(days=40), stdout_file=name)
+        JobAttempt.objects.create(job=job, number=1, host=fake_host, container_name=f"c-{n}")
+        old.append(job)
+    kept = ended(
+        fake_host, ago=timedelta(days=1), stdout_file=log_storage.save("new.log", ContentFile(b"y"))
+    )
+    totals = counted(JobStatus.COMPLETED)
+    with CaptureQueriesContext(connection) as queries:
+        assert reaper.prune_jobs(timedelta(days=30)) == 5
+    deletes = [
+        q["sql"]
+        for q in queries
+        if q["sql"].startswith('DELETE FROM "container_manager_containerjob"')
+    ]
+    assert len(deletes) == 3, "5 rows in batches of 2"
+    assert list(ContainerJob.objects.values_list("pk", flat=True)) == [kept.pk]
+    assert not JobAttempt.objects.filter(job__in=[j.pk for j in old]).exists()
+    assert [log_storage.exists(j.stdout_file) for j in old] == [False] * 5
+    assert log_storage.exists(kept.stdout_file)
+    assert counted(JobStatus.COMPLETED) == totals, "pruning leaves the counters alone"
+
+
+def test_a_batch_keeps_a_job_retried_since_it_was_chosen(fake_host):
+    job = ended(fake_host, ago=timedelta(days=40))
+    queue.retry(job)
+    assert reaper._delete_batch([job.pk], timezone.now() - timedelta(days=30)) == 0
+    assert ContainerJob.objects.filter(pk=job.pk, status=JobStatus.QUEUED).exists()
+
+
+# ---- bulk submission -----------------------------------------------------------------------
+
+
+def specs(n, **extra):
+    return [{"image": "busybox:latest", "host": "fake-engine", "command": ["echo", str(i)],
+             "name": f"bulk-{i}", **extra} for i in range(n)]  # fmt: skip
+
+
+def test_submit_many_queues_every_job_with_one_wake_up(fake_host):
+    with mock.patch.object(queue, "notify_new_job") as notify:
+        done = queue.submit_many(specs(25), submitted_by="api:test")
+    assert notify.call_count == 1
+    assert len(done.jobs) == 25 and done.rejected == []
+    jobs = ContainerJob.objects.filter(status=JobStatus.QUEUED, docker_host=fake_host)
+    assert jobs.count() == 25
+    assert set(jobs.values_list("submitted_by", flat=True)) == {"api:test"}
+    assert jobs.get(name="bulk-7").command == "echo 7"
+
+
+def test_submit_many_reads_the_named_rows_once_whatever_the_number(fake_host):
+    def queries(n):
+        with CaptureQueriesContext(connection) as captured:
+            queue.submit_many(specs(n))
+        return [q["sql"] for q in captured if not q["sql"].startswith("INSERT")]
+
+    assert len(queries(5)) == len(queries(60)), "the same lookups; then INSERTs in batches"
+
+
+def test_submit_many_is_all_or_nothing_and_names_each_bad_line(fake_host):
+    given = [*specs(2), {"image": ""}, "not an object", {"image": "busybox", "colour": "red"},
+             InvalidJobError("Not JSON: Expecting value"), {"image": "busybox", "priority": "high"},
+             {"command": ["true"]}]  # fmt: skip
+    with pytest.raises(BulkSubmitError) as raised:
+        queue.submit_many(given, line_numbers=[1, 2, 4, 5, 6, 7, 9, 10])
+    assert [n for n, _ in raised.value.rejected] == [4, 5, 6, 7, 9, 10]
+    reasons = dict(raised.value.rejected)
+    assert "docker_image" in reasons[4] and "not a string" in reasons[5]
+    assert "'colour'" in reasons[6] and "Not JSON" in reasons[7]
+    assert "priority" in reasons[9] and "'image' is required" in reasons[10]
+    assert "6 of 8 jobs are invalid, none was queued: line 4:" in str(raised.value)
+    assert not ContainerJob.objects.exists()
+
+
+def test_submit_many_can_queue_the_good_ones_and_list_the_rest(fake_host):
+    done = queue.submit_many([*specs(3), {"image": "busybox", "host": "nowhere"}],
+                             skip_invalid=True)  # fmt: skip
+    assert len(done.jobs) == 3 and ContainerJob.objects.count() == 3
+    ((number, why),) = done.rejected
+    assert number == 4 and "Unknown host 'nowhere'" in why
+
+
+def test_submit_many_refuses_an_id_given_twice_or_taken(fake_host):
+    taken = queue.submit(host=fake_host, image="busybox:latest")
+    with pytest.raises(InvalidJobError, match="already taken"):
+        queue.submit_many([{"image": "busybox:latest", "job_id": taken.pk}])
+    with pytest.raises(InvalidJobError, match="twice"):
+        queue.submit_many([{"image": "busybox:latest", "job_id": j} for j in ("a" * 32,) * 2])
+
+
+def run_submit(*args):
+    out, err = StringIO(), StringIO()
+    call_command("container_job", "submit", *args, stdout=out, stderr=err)
+    return out.getvalue(), err.getvalue()
+
+
+def test_command_submits_a_jsonl_file(fake_host, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text("\n".join(json.dumps(s) for s in specs(3)) + "\n\n")
+    out, err = run_submit("--from-file", str(path))
+    assert set(out.split()) == {str(pk) for pk in ContainerJob.objects.values_list("pk", flat=True)}
+    assert "Queued 3 job(s)." in err
+    assert set(ContainerJob.objects.values_list("submitted_by", flat=True)) == {
+        f"cli:{__import__('getpass').getuser()}"
+    }
+
+
+def test_command_reports_bad_lines_by_number_and_queues_nothing(fake_host, tmp_path):
+    path = tmp_path / "jobs.jsonl"
+    path.write_text(json.dumps(specs(1)[0]) + "\n\n{broken\n" + json.dumps({"image": "x y"}))
+    err = StringIO()
+    with pytest.raises(CommandError, match="2 of 3 line\\(s\\) are invalid"):
+        call_command("container_job", "submit", "--from-file", str(path), stderr=err)
+    assert "line 3: Not JSON" in err.getvalue() and "line 4: Invalid job" in err.getvalue()
+    assert not ContainerJob.objects.exists()
+    out, errors = run_submit("--from-file", str(path), "--skip-invalid")
+    assert len(out.split()) == 1 and "2 line(s) skipped" in errors
+
+
+def test_command_file_errors_are_clear(fake_host, tmp_path):
+    with pytest.raises(CommandError, match="No such file"):
+        run_submit("--from-file", str(tmp_path / "missing.jsonl"))
+    (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe")
+    with pytest.raises(CommandError, match="not UTF-8"):
+        run_submit("--from-file", str(tmp_path / "bin.jsonl"))
+    with pytest.raises(CommandError, match="no --image"):
+        run_submit("--from-file", str(tmp_path / "bin.jsonl"), "--image", "busybox")
+    with pytest.raises(CommandError, match="--image is required"):
+        run_submit()
