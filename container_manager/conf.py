@@ -6,12 +6,15 @@ read at access time, so ``override_settings`` in tests takes effect.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass, field, fields
 from typing import Any
 
 from django.conf import settings
 
-__all__ = ["DEFAULTS", "Settings", "get_settings"]
+__all__ = ["DEFAULTS", "Settings", "fixed_settings", "get_settings"]
 
 DEFAULT_EXECUTORS: dict[str, str] = {
     "docker": "container_manager.executors.docker.DockerExecutor",
@@ -106,8 +109,25 @@ class Settings:
 DEFAULTS = Settings()
 
 
+#: Within :func:`fixed_settings`: the settings read once for the block.
+_fixed: ContextVar[Settings | None] = ContextVar("_fixed", default=None)
+
+
+@contextmanager
+def fixed_settings() -> Iterator[Settings]:
+    """Read the settings once for a block that validates many jobs (submit_many): inside
+    it, in this thread, :func:`get_settings` returns that one reading."""
+    token = _fixed.set(get_settings())
+    try:
+        yield _fixed.get()  # type: ignore[misc]
+    finally:
+        _fixed.reset(token)
+
+
 def get_settings() -> Settings:
     """Read ``settings.CONTAINER_MANAGER`` merged over the defaults."""
+    if (fixed := _fixed.get()) is not None:
+        return fixed
     overrides: dict[str, Any] = dict(getattr(settings, "CONTAINER_MANAGER", {}) or {})
     known = {f.name for f in fields(Settings)}
     unknown = set(overrides) - known

@@ -203,6 +203,29 @@ def test_submit_many_queues_every_job_with_one_wake_up(fake_host):
     assert jobs.get(name="bulk-7").command == "echo 7"
 
 
+def test_submit_many_stores_every_field_as_submit_does(fake_host):
+    spec = {
+        "image": "busybox:latest",
+        "labels": {"gpu": "true"},
+        "entrypoint": ["/bin/sh", "-c"],
+        "environment": {"A": "1"},
+        "priority": 5,
+        "cap_drop": ["ALL"],
+        "job_id": "b" * 32,
+    }
+    (bulk,) = queue.submit_many([spec]).jobs
+    one = queue.submit(**{**spec, "job_id": "c" * 32})
+    stored = ContainerJob.objects.in_bulk([bulk.pk, one.pk])
+    skip = {"id", "created_at"}
+    fields = [f.attname for f in ContainerJob._meta.concrete_fields if f.attname not in skip]
+    assert [getattr(stored[bulk.pk], f) for f in fields] == [
+        getattr(stored[one.pk], f) for f in fields
+    ]
+    assert stored[bulk.pk].entrypoint == ["/bin/sh", "-c"] and stored[bulk.pk].required_labels == {
+        "gpu": "true"
+    }
+
+
 def test_submit_many_reads_the_named_rows_once_whatever_the_number(fake_host):
     def queries(n):
         with CaptureQueriesContext(connection) as captured:
