@@ -3,6 +3,8 @@
     .venv/bin/python bench/run.py [throughput latency claim memory queries cpu] [--quick]
 
 ``cpu`` (not in the default set) splits the CPU per job by process on both sides.
+``scale`` (on its own: ``bench/run.py scale --help``) measures the admin, the overview, the
+metrics, the claim, bulk submission and pruning over a million finished jobs (bench/scale.py).
 
 Needs the local engine (``make engine``) and PostgreSQL at 127.0.0.1:5432 (it uses its own
 database, ``cm_bench``, created and migrated on the fly). Prints one line per figure.
@@ -486,6 +488,11 @@ def bench_queries(jobs: int) -> None:
 def main() -> None:
     if len(sys.argv) == 3 and sys.argv[1] == "_raw_memory":
         _raw_memory(int(sys.argv[2]))
+        return
+    if len(sys.argv) > 1 and sys.argv[1] == "scale":  # its own database and options
+        import scale
+
+        scale.main(sys.argv[2:])
         return
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument(
