@@ -22,9 +22,10 @@ from typing import Any
 
 from django.core.exceptions import ValidationError
 from django.core.management.base import BaseCommand, CommandError, CommandParser
-from django.db.models import Count, ProtectedError, Q
+from django.db.models import ProtectedError
 from django.utils import timezone
 
+from container_manager import overview
 from container_manager.health import check_host
 from container_manager.management.host_options import TLS_FILES, add_host_arguments, host_changes
 from container_manager.management.output import rows_text, table_text
@@ -119,9 +120,7 @@ class Command(BaseCommand):
     # ---- list --------------------------------------------------------------------------
 
     def _list(self, options: dict[str, Any]) -> None:
-        hosts = ExecutorHost.objects.annotate(
-            running=Count("jobs", filter=Q(jobs__status__in=JobStatus.active()))
-        ).order_by("name")
+        hosts = overview.hosts_with_load().order_by("name")
         if not hosts:
             self.stdout.write(
                 "No hosts registered. Add one with: container_host add NAME --url URL"
