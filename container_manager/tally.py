@@ -20,13 +20,21 @@ pruning jobs does not touch the tally.
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from django.db import models, transaction
-from django.db.models import F, Sum
+from django.db.models import (
+    Case,
+    Count,
+    DurationField,
+    ExpressionWrapper,
+    F,
+    Sum,
+    Value,
+    When,
+)
 from django.utils import timezone
 
 from .models import JobStatus, JobTally
@@ -231,24 +239,33 @@ def _add_to_totals(sums: dict[tuple[int, str, int], list[Any]]) -> None:
 def backfill(jobs: models.QuerySet[Any], tally: type[models.Model]) -> int:
     """Tally the jobs of ``jobs`` (a ContainerJob queryset, historical model or not) into
     ``tally``'s totals (minute :data:`EPOCH`): the migration that adds the tally counts the
-    history once. Returns the number of rows written. One pass over ``jobs`` per kind."""
-    sums: dict[tuple[int, str, int], list[Any]] = {}
-    kinds: Iterable[tuple[Any, str, str, tuple[float, ...]]] = (
+    history once. Returns the number of rows written. Two grouped queries, counted by the
+    database (the jobs are not read into Python)."""
+    kinds = (
         (jobs.filter(status__in=JobStatus.terminal()), "started_at", "completed_at",
-         DURATION_BUCKETS),
-        (jobs.filter(started_at__isnull=False), "created_at", "started_at", LATENCY_BUCKETS),
+         DURATION_BUCKETS, F("status")),
+        (jobs.filter(started_at__isnull=False), "created_at", "started_at", LATENCY_BUCKETS,
+         Value(STARTED.value)),
     )  # fmt: skip
-    for query, start, end, bounds in kinds:
-        rows = query.values_list("docker_host_id", "status", start, end)
-        for host, status, began, ended in rows.iterator(chunk_size=5000):
-            tallied = STARTED if end == "started_at" else status
-            seconds = (ended - began).total_seconds() if began and ended else None
-            entry = sums.setdefault((host or 0, tallied, bucket_of(seconds, bounds)), [0, 0.0])
-            entry[0] += 1
-            entry[1] += seconds or 0.0
-    rows = [
-        tally(minute=EPOCH, host_id=host, status=status, bucket=bucket, count=n, seconds=s)
-        for (host, status, bucket), (n, s) in sums.items()
-    ]
+    rows = []
+    for query, start, end, bounds, status in kinds:
+        grouped = (
+            query.order_by()
+            .alias(d=ExpressionWrapper(F(end) - F(start), output_field=DurationField()))
+            .annotate(b=_bucket_case(bounds), s=status)
+            .values_list("docker_host_id", "s", "b")
+            .annotate(n=Count("pk"), total=Sum("d"))
+        )
+        for host, tallied, bucket, n, total in grouped:
+            seconds = total.total_seconds() if total is not None else 0.0
+            rows.append(tally(minute=EPOCH, host_id=host or 0, status=tallied, bucket=bucket,
+                              count=n, seconds=seconds))  # fmt: skip
     tally._default_manager.bulk_create(rows, batch_size=1000)
     return len(rows)
+
+
+def _bucket_case(bounds: tuple[float, ...]) -> Case:
+    """:func:`bucket_of` of the alias ``d`` (a duration), in SQL."""
+    arms = [When(d__isnull=True, then=Value(-1))]
+    arms += [When(d__lte=timedelta(seconds=b), then=Value(i)) for i, b in enumerate(bounds)]
+    return Case(*arms, default=Value(len(bounds)), output_field=models.SmallIntegerField())

@@ -93,11 +93,21 @@ def test_compact_folds_old_minutes_into_the_totals_and_keeps_them(fake_host):
 
 
 def test_the_migration_counts_the_history_once(fake_host):
-    ContainerJob.objects.create(docker_host=fake_host, docker_image="busybox:latest",
-                                status=JobStatus.FAILED, created_at=timezone.now(),
-                                started_at=timezone.now(), completed_at=timezone.now())  # fmt: skip
-    assert tally.backfill(ContainerJob.objects.all(), JobTally) == 2  # failed, started
-    assert (counted(JobStatus.FAILED, fake_host.pk), counted(tally.STARTED)) == (1, 1)
+    now = timezone.now()
+    times = {"created_at": now - timedelta(seconds=10), "started_at": now - timedelta(seconds=6),
+             "completed_at": now - timedelta(seconds=2)}  # fmt: skip
+    for _ in range(2):
+        ContainerJob.objects.create(docker_host=fake_host, docker_image="busybox:latest",
+                                    status=JobStatus.FAILED, **times)  # fmt: skip
+    ContainerJob.objects.create(docker_image="busybox:latest", status=JobStatus.CANCELLED,
+                                completed_at=now)  # fmt: skip
+    assert tally.backfill(ContainerJob.objects.all(), JobTally) == 3  # failed, cancelled, started
+    rows = {(t.status, t.host_id, t.bucket): (t.count, round(t.seconds, 3)) for t in tally.totals()}
+    assert rows == {
+        ("failed", fake_host.pk, tally.bucket_of(4, tally.DURATION_BUCKETS)): (2, 8.0),
+        ("cancelled", 0, -1): (1, 0.0),
+        ("running", fake_host.pk, tally.bucket_of(4, tally.LATENCY_BUCKETS)): (2, 8.0),
+    }
 
 
 # ---- what reads it -----------------------------------------------------------------------
