@@ -69,13 +69,15 @@ def _add_job_arguments(submit: CommandParser) -> None:
         metavar="ISO-TIME",
         help="Not before this time, e.g. 2026-12-01T08:00:00+00:00.",
     )
-    add("--image", help="Image reference, e.g. busybox:latest (required without --from-file).")
-    add(
+    one = submit.add_mutually_exclusive_group(required=True)
+    one.add_argument("--image", help="Image reference, e.g. busybox:latest.")
+    one.add_argument(
         "--from-file",
         metavar="JOBS.jsonl",
-        help="Queue many jobs: one JSON object a line, of submit()'s keywords (image, host,"
-        ' command, ...), e.g. {"image": "busybox:latest", "command": ["echo", "hi"]}; - reads'
-        " stdin. All or none: a bad line is reported by its number and nothing is queued.",
+        help="Instead of --image: queue many jobs, one JSON object a line of submit()'s"
+        ' keywords (image, host, command, ...), e.g. {"image": "busybox:latest", "command":'
+        ' ["echo", "hi"]}; - reads stdin. All or none: a bad line is reported by its number'
+        " and nothing is queued.",
     )
     add(
         "--skip-invalid",

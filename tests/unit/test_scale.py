@@ -311,7 +311,9 @@ def test_command_file_errors_are_clear(fake_host, tmp_path):
     (tmp_path / "bin.jsonl").write_bytes(b"\xff\xfe")
     with pytest.raises(CommandError, match="not UTF-8"):
         run_submit("--from-file", str(tmp_path / "bin.jsonl"))
-    with pytest.raises(CommandError, match="no --image"):
+    with pytest.raises(CommandError, match="--image: not allowed with argument --from-file"):
         run_submit("--from-file", str(tmp_path / "bin.jsonl"), "--image", "busybox")
-    with pytest.raises(CommandError, match="--image is required"):
+    with pytest.raises(CommandError, match="no command after --"):
+        run_submit("--from-file", str(tmp_path / "bin.jsonl"), "--", "echo")
+    with pytest.raises(CommandError, match="one of the arguments --image --from-file is required"):
         run_submit()

@@ -86,8 +86,6 @@ class Command(BaseCommand):
         if options["from_file"]:
             self._submit_file(options)
             return
-        if not options["image"]:
-            raise CommandError("--image is required (or --from-file).")
         keywords = {**submit_keywords(options), "submitted_by": f"cli:{getpass.getuser()}"}
         try:
             job = queue.submit(**keywords)
@@ -100,8 +98,8 @@ class Command(BaseCommand):
 
     def _submit_file(self, options: dict[str, Any]) -> None:
         """Every line of the file a job: ids on stdout, bad lines on stderr by number."""
-        if options["image"] or options["command"]:
-            raise CommandError("--from-file takes the jobs from the file: no --image, no command.")
+        if options["command"]:
+            raise CommandError("--from-file takes the jobs from the file: no command after --.")
         specs, numbers = read_job_lines(options["from_file"])
         try:
             done = queue.submit_many(
