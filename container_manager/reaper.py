@@ -19,6 +19,7 @@ simply not seen until the next run.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ log = logging.getLogger("container_manager.reaper")
 
 _RUNNING = frozenset({"running", "restarting", "paused"})
 _PRUNE_BATCH = 1000
+_PRUNE_MAX_PAUSE = 1.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -173,7 +175,7 @@ def reap(
     return removed
 
 
-def prune_jobs(older_than: timedelta, dry_run: bool = False) -> int:
+def prune_jobs(older_than: timedelta, dry_run: bool = False, budget: float | None = None) -> int:
     """Delete ended jobs that completed before ``now - older_than``, with their attempts
     and their stored output files; returns how many jobs were (or would be) deleted.
 
@@ -181,16 +183,24 @@ def prune_jobs(older_than: timedelta, dry_run: bool = False) -> int:
     status's part of the (status, completed_at) index from the oldest end, never scanning
     what is left: a worker claiming meanwhile does not wait on them (a claim locks hosts
     and waiting jobs; a batch locks only ended jobs). Each batch checks its rows again
-    (a job retried meanwhile is kept). The tally is not touched: counters stay."""
+    (a job retried meanwhile is kept), and is followed by a pause as long as it took. With
+    ``budget`` (seconds), no batch starts after that long: the rest waits for the next call.
+    The tally is not touched: counters stay."""
     cutoff = timezone.now() - older_than
     if dry_run:
         return _old_jobs(cutoff).count()
     deleted = 0
+    until = time.monotonic() + budget if budget is not None else None
     for status in sorted(JobStatus.terminal()):
         after: datetime | None = None
-        while batch := _next_batch(status, cutoff, after):
+        while (until is None or time.monotonic() < until) and (
+            batch := _next_batch(status, cutoff, after)
+        ):
             after = batch[-1][1]
+            began = time.monotonic()
             deleted += _delete_batch([pk for pk, _ in batch], cutoff)
+            # As long again at rest: the workers' claims share the database's CPU and disk.
+            time.sleep(min(time.monotonic() - began, _PRUNE_MAX_PAUSE))
     if deleted:
         log.info("reaper pruned %d job(s) completed before %s", deleted, cutoff.isoformat())
     return deleted

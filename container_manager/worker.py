@@ -406,7 +406,9 @@ class Worker:
         reap(older_than=older_than)
         compact()  # the tally's rows older than two hours into its totals
         if conf.JOB_RETENTION_DAYS is not None:
-            prune_jobs(timedelta(days=conf.JOB_RETENTION_DAYS))
+            # A bounded share of each pass: the health checks wait for it (a backlog is
+            # pruned over several passes, or at once by `cleanup_containers --prune-jobs`).
+            prune_jobs(timedelta(days=conf.JOB_RETENTION_DAYS), budget=conf.HEALTH_CHECK_INTERVAL)
 
     # ---- leases, cancellation, burst ---------------------------------------------------
 

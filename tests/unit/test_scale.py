@@ -317,3 +317,11 @@ def test_command_file_errors_are_clear(fake_host, tmp_path):
         run_submit("--from-file", str(tmp_path / "bin.jsonl"), "--", "echo")
     with pytest.raises(CommandError, match="one of the arguments --image --from-file is required"):
         run_submit()
+
+
+def test_a_prune_with_a_budget_stops_between_batches(fake_host, monkeypatch):
+    monkeypatch.setattr(reaper, "_PRUNE_BATCH", 1)
+    for _ in range(3):
+        ended(fake_host, ago=timedelta(days=40))
+    assert reaper.prune_jobs(timedelta(days=30), budget=0) == 0
+    assert reaper.prune_jobs(timedelta(days=30)) == 3
