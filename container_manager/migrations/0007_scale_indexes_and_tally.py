@@ -55,7 +55,7 @@ def remove_trigger(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('container_manager', '0005_container_spec_and_host_policy'),
+        ('container_manager', '0006_start_timeout_infrastructure_retries_degraded'),
     ]
 
     operations = [
