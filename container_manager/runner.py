@@ -59,6 +59,10 @@ _WAIT_SLICE = 5.0
 _KILLED = frozenset({128 + 9, 128 + 15})
 _PROBE_EVERY = 0.5  # seconds between engine probes after such a death
 _REMOVE_PATIENCE = 120.0  # seconds to wait for a stopped engine to remove a container
+# Seconds a job runs before its output is followed: most jobs end sooner, and their output
+# is read in one request after the exit (the engine's log can lose nothing in a second
+# unless the job writes more than half of ENGINE_LOG_MAX_BYTES in it).
+_FOLLOW_AFTER = 1.0
 # Seconds the harvest waits for the followed output to end after the container exited (the
 # engine ends it within milliseconds; a hung follow is given up and the output read again).
 _FOLLOW_DRAIN = 10.0
@@ -126,6 +130,7 @@ class JobRunner:
         self._follower: Follower | None = None
         self._live_written = 0  # output bytes the last live record covered
         self._live_due = 0.0  # monotonic time of the next live record
+        self._follow_at: float | None = None  # monotonic time to start following the output
         self._began = time.monotonic()  # the launch's START_TIMEOUT counts from here
         self._host = job.docker_host  # the attempt's host (placement may change the job's)
         #: Whether the engine stopped answering during this attempt.
@@ -273,10 +278,7 @@ class JobRunner:
             sampler = Sampler(self.executor, container_id, self.settings.STATS_INTERVAL)
             sampler.start()
         if self.executor.follows_output:
-            output = OutputCollection(self._storage_names())
-            self._follower = Follower(self.executor, container_id, output)
-            self._follower.start()
-            self._live_due = time.monotonic() + (self.settings.LIVE_OUTPUT_INTERVAL or 0)
+            self._follow_at = time.monotonic() + _FOLLOW_AFTER
         try:
             return self._wait_for_end(container_id)
         finally:
@@ -292,7 +294,7 @@ class JobRunner:
             if self.control.cancel.is_set():
                 self._stop(container_id)
                 return Ending.CANCELLED, None
-            wait_for = self._record_live_output()
+            wait_for = self._pace(container_id)
             if deadline is not None:
                 wait_for = min(wait_for, deadline - time.monotonic())
                 if wait_for <= 0:
@@ -307,6 +309,21 @@ class JobRunner:
                 continue
             if code is not None:
                 return (Ending.CANCELLED if self.control.cancel.is_set() else Ending.EXITED), code
+
+    def _pace(self, container_id: str) -> float:
+        """Follow the output of a job that has run for _FOLLOW_AFTER seconds (a shorter
+        one's is read once, after its exit: no thread, no second request) and record it as
+        it goes; the seconds the next wait may take."""
+        if self._follow_at is not None:
+            now = time.monotonic()
+            if now < self._follow_at:
+                return min(_WAIT_SLICE, self._follow_at - now)
+            self._follow_at = None
+            output = OutputCollection(self._storage_names())
+            self._follower = Follower(self.executor, container_id, output)
+            self._follower.start()
+            self._live_due = now + (self.settings.LIVE_OUTPUT_INTERVAL or 0)
+        return self._record_live_output()
 
     def _record_live_output(self) -> float:
         """Record the latest output of the running job when LIVE_OUTPUT_INTERVAL has passed

@@ -214,8 +214,8 @@ def test_output_beyond_the_engines_log_cap_is_kept_in_full(
         "LOG_TAIL_BYTES": 16 * 1024,
         "LOG_STORAGE": "joblogs",
     }
-    script = (
-        "i=0; while [ $i -lt 20000 ]; do echo line-$i-padding-padding;"
+    script = (  # it starts printing once the worker follows it (after its first second)
+        "sleep 1.5; i=0; while [ $i -lt 20000 ]; do echo line-$i-padding-padding;"
         " if [ $((i % 500)) = 0 ]; then sleep 0.05; fi; i=$((i+1)); done"
     )
     job = run(engine_host, test_image, ["sh", "-c", script])

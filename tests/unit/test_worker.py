@@ -304,7 +304,7 @@ def test_output_is_read_again_after_the_exit_when_following_it_ended_early(
         raise ExecutorConnectionError("the engine closed the connection")
 
     monkeypatch.setattr(FakeExecutor, "follow_outputs", broken_follow)
-    engine.script(FakeOutcome(stdout="partial and the rest\n", stderr="e\n", duration=0.2))
+    engine.script(FakeOutcome(stdout="partial and the rest\n", stderr="e\n", duration=1.5))
     j = job(fake_host)
     burst()
     j = fresh(j)
@@ -350,7 +350,7 @@ def test_a_running_jobs_output_is_recorded_redacted_and_bounded(fake_host, engin
     settings.CONTAINER_MANAGER = {
         **settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": 0.05, "LIVE_OUTPUT_BYTES": 12,
     }  # fmt: skip
-    engine.script(FakeOutcome(stdout="token=s3cr3t-value-1234\n", stderr="w\n", duration=1))
+    engine.script(FakeOutcome(stdout="token=s3cr3t-value-1234\n", stderr="w\n", duration=2))
     j = job(fake_host, environment={"API_TOKEN": "s3cr3t-value-1234"})
     thread = threading.Thread(target=burst)
     thread.start()
