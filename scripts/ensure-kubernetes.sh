@@ -60,8 +60,10 @@ PAUSE_IMAGE=container-jobs/pause:3.4
 KUBECONFIG_OUT="$STATE/admin.kubeconfig"
 WAIT="${KUBE_START_TIMEOUT:-120}"
 COMPONENTS=(kube-apiserver kube-controller-manager kube-scheduler kubelet)
-# Bumped whenever the patches change: binaries or trees of another recipe are rebuilt.
-RECIPE=2
+# Bumped whenever the patches (TREE_RECIPE) or the build (RECIPE) change: trees and
+# binaries made otherwise are made again.
+TREE_RECIPE=2
+RECIPE=3
 REFLECT2=/usr/share/gocode/src/github.com/modern-go/reflect2
 GO=/usr/lib/go-1.19/bin/go
 
@@ -108,7 +110,7 @@ EOF
 
 fetch_source() {
     local tree="$CACHE/build/kubernetes-$DEB_VERSION"
-    if [ "$(cat "$tree/.cm-patched" 2>/dev/null)" = "$RECIPE" ]; then
+    if [ "$(cat "$tree/.cm-patched" 2>/dev/null)" = "$TREE_RECIPE" ]; then
         echo "$tree"
         return 0
     fi
@@ -132,19 +134,24 @@ fetch_source() {
     [ -f "$REFLECT2/reflect2.go" ] || die "no $REFLECT2 (golang-github-modern-go-reflect2-dev)"
     rm -rf "$tree/vendor/github.com/modern-go/reflect2"
     cp -r "$REFLECT2" "$tree/vendor/github.com/modern-go/reflect2"
-    echo "$RECIPE" >"$tree/.cm-patched"
+    echo "$TREE_RECIPE" >"$tree/.cm-patched"
     echo "$tree"
 }
 
 build() {
     apt_install golang-1.19-go dpkg-dev gcc libc6-dev golang-github-modern-go-reflect2-dev
-    local tree gopath pkg="k8s.io/kubernetes/vendor/k8s.io/component-base/version"
+    local tree gopath pkg ldflags="-s -w"
     tree=$(fetch_source)
     gopath="$CACHE/build/gopath"
     mkdir -p "$gopath/src/k8s.io" "$BIN"
     ln -sfn "$tree" "$gopath/src/k8s.io/kubernetes"
-    local ldflags="-s -w -X $pkg.gitVersion=$VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
-    ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=2021-01-13T13:20:00Z"
+    # Both version packages, as hack/lib/version.sh stamps them: the apiserver's /version
+    # reads client-go's, --version component-base's.
+    for pkg in k8s.io/kubernetes/vendor/k8s.io/component-base/version \
+        k8s.io/kubernetes/vendor/k8s.io/client-go/pkg/version; do
+        ldflags="$ldflags -X $pkg.gitVersion=$VERSION -X $pkg.gitMajor=1 -X $pkg.gitMinor=20"
+        ldflags="$ldflags -X $pkg.gitTreeState=clean -X $pkg.buildDate=2021-01-13T13:20:00Z"
+    done
     say "building ${COMPONENTS[*]} $VERSION (about 4 minutes on 2 cores; once, cached in $BIN)"
     local started=$SECONDS
     (
