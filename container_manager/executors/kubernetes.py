@@ -753,6 +753,13 @@ class KubernetesExecutor(BaseExecutor):
     def cleanup(self, container_id: str) -> bool:
         """Delete the Job (its pod and Secrets go with it) and the attempt's Secrets; True
         also when they are gone."""
+        self.discard(container_id)
+        self._delete_secrets(container_id)
+        return True
+
+    def discard(self, container_id: str) -> None:
+        """After harvesting (the worker's hot path): one request, the Job's; its pod and the
+        Secrets it owns go with it."""
         with suppress(ContainerNotFoundError):
             self._call(
                 f"Delete job {container_id}",
@@ -761,8 +768,6 @@ class KubernetesExecutor(BaseExecutor):
                 self.namespace,
                 body={"propagationPolicy": "Background"},
             )
-        self._delete_secrets(container_id)
-        return True
 
     def _delete_secrets(self, name: str) -> None:
         """The attempt's Secrets, should the Job never have owned them (a crash between)."""

@@ -289,7 +289,13 @@ def test_a_timeout_and_a_cancellation_stop_the_pod(k8s_host, batch):
         worker.stop()
         thread.join(30)
     slow, doomed = fresh(slow), fresh(doomed)
-    assert slow.status == JobStatus.TIMEOUT, (slow.last_error, slow.exit_code, slow.stdout_log)
+    attempt = JobAttempt.objects.get(job=slow)
+    assert slow.status == JobStatus.TIMEOUT, (
+        slow.last_error,
+        slow.exit_code,
+        f"attempt {attempt.started_at:%T.%f}-{attempt.finished_at:%T.%f},"
+        f" running from {slow.started_at:%T.%f}",
+    )
     assert doomed.status == JobStatus.CANCELLED
     assert time.monotonic() - started < 40, "stopped, not waited out"
 

@@ -390,6 +390,15 @@ def test_secrets_are_created_then_owned_by_the_job(executor, cluster):
     assert cluster.secrets == {} and cluster.jobs == {}
 
 
+def test_discard_is_one_request(executor, cluster):
+    cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
+    before = len(cluster.calls)
+    executor.discard("cm-j1-1")
+    executor.discard("cm-j1-1")  # gone already: fine
+    assert cluster.names()[before:] == ["delete_namespaced_job"] * 2
+    assert cluster.jobs == {}
+
+
 def test_a_failed_job_create_removes_the_attempts_secrets(executor, cluster):
     cluster.fail["create_namespaced_job"] = _error(422, "Job.batch is invalid: label value")
 

@@ -99,8 +99,8 @@ class Command(BaseCommand):
         if host is None:
             if "connection_string" not in given:
                 raise CommandError(
-                    "--url (an engine) or --kubeconfig/--in-cluster with --namespace (a cluster)"
-                    " is required to register a new host."
+                    "--url is required to register a new host (for a Kubernetes cluster:"
+                    " --kubeconfig PATH or --in-cluster, with --namespace NS)."
                 )
             host = ExecutorHost(name=options["name"])
         for field, value in given.items():
