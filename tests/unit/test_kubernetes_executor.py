@@ -722,3 +722,38 @@ def test_registered_by_alias(tmp_path):
     )
     assert isinstance(get_executor(host), KubernetesExecutor)
     assert repr(get_executor(host)).startswith("<KubernetesExecutor kubernetes:///x/config")
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--kubeconfig", "{cfg}", "--url", "unix:///x.sock"], "Give either --url"),
+        (["--namespace", "ns"], "needs --kubeconfig PATH or --in-cluster"),
+        (["--kubeconfig", "{cfg}", "--in-cluster", "--namespace", "ns"], "one of them"),
+        (["--kubeconfig", "{cfg}"], "needs --namespace NS"),
+        (["--in-cluster", "--namespace", "ns", "--context", "c"], "--context applies"),
+        (["--kubeconfig", "/no/such/file", "--namespace", "ns"], "no such file"),
+        (["--kubeconfig", "{cfg}", "--namespace", "ns", "--context", "nope"], "no context 'nope'"),
+    ],
+)
+def test_container_host_add_refuses_bad_cluster_options(tmp_path, args, message):
+    from django.core.management import CommandError, call_command
+
+    path = tmp_path / "config"
+    path.write_text(KUBECONFIG)
+    with pytest.raises(CommandError, match=message):
+        call_command("container_host", "add", "k", *[a.format(cfg=path) for a in args])
+    assert not ExecutorHost.objects.exists()
+
+
+@pytest.mark.django_db
+def test_container_host_add_in_cluster():
+    from django.core.management import call_command
+
+    call_command("container_host", "add", "k", "--in-cluster", "--namespace", "ns")
+    host = ExecutorHost.objects.get(name="k")
+    assert (host.executor_type, host.connection_string) == (
+        "kubernetes",
+        "kubernetes://in-cluster?namespace=ns",
+    )
