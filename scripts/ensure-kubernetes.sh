@@ -31,8 +31,9 @@
 #   ensure-kubernetes.sh --stop   stop what it started and undo its side effects: the
 #                                 processes, the pods' containers (label
 #                                 io.kubernetes.pod.namespace), the bind mount, the kubelet's
-#                                 and etcd's directories. The cached binaries, the installed
-#                                 Debian packages and the deb-src line stay.
+#                                 and etcd's directories. The cached binaries, the pause
+#                                 image, the installed Debian packages and the deb-src line
+#                                 stay (they are what makes the next start take seconds).
 #
 #   KUBE_CACHE      binaries, build tree, Go cache (default /var/cache/container-jobs/kubernetes)
 #   KUBE_STATE      certificates, etcd data, kubelet root, logs, pids

@@ -83,6 +83,7 @@ _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _READ_SIZE = 64 * 1024
 _SETTLE_SECONDS = 15.0  # how long a stopped pod may take to report its end, beyond the grace
 _WATCH_SLICE = 30.0  # seconds per watch request at most
+_REFUSALS_WITH_CREDENTIALS = 2  # pulls refused before a job with a registry credential fails
 # Waiting reasons of a pod's container, by what they mean for a launch.
 _IMAGE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"})
 _PERMANENT_REASONS = frozenset({"InvalidImageName"})
@@ -543,11 +544,22 @@ class KubernetesExecutor(BaseExecutor):
     def _await_start(self, spec: JobSpec) -> None:
         """Wait (up to ``start_timeout``) until the pod runs or ends; raise (and delete the
         Job) when it cannot start."""
-        waited_for = ""
+        waited_for, refusals, last_reason = "", 0, ""
 
         def decided(pod: Obj | None) -> bool:
-            nonlocal waited_for
+            nonlocal waited_for, refusals, last_reason
             state = _start_state(pod, spec.image)
+            reason = str(_waiting(pod).get("reason") or "")
+            # The kubelet's first pull can miss the pod's pull secret (1.20's node authorizer
+            # links the pod to it a moment later: "no relationship found"), and it pulls
+            # again after a back-off: with a credential, a refusal counts from the second.
+            if isinstance(state.error, ImageAccessDeniedError) and spec.registry_auth:
+                refusals += reason != last_reason
+                if refusals < _REFUSALS_WITH_CREDENTIALS:
+                    state = _Start(waiting=str(state.error))
+            elif refusals and reason == "ImagePullBackOff":
+                state = _Start(waiting=waited_for)
+            last_reason = reason
             if state.error is not None:
                 raise state.error
             waited_for = state.waiting or waited_for

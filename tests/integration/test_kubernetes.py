@@ -25,7 +25,7 @@ import pytest
 from django.core.management import call_command
 from django.db.models import Count
 
-from container_manager.exceptions import ImageUnavailableError
+from container_manager.exceptions import ImageAccessDeniedError, ImageUnavailableError
 from container_manager.executors.base import BaseExecutor, JobSpec
 from container_manager.executors.kubernetes import KubernetesExecutor, cluster_url
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
@@ -65,6 +65,7 @@ cluster = clusters.cluster
 kube_namespace = clusters.kube_namespace
 private_registry = registry.private_registry
 private_image = registry.private_image
+pull_needed = registry.pull_needed
 
 
 @pytest.fixture(autouse=True)
@@ -228,21 +229,37 @@ def test_a_missing_image_fails_fast_with_the_clusters_reason(engine):
     assert engine.executor.find_container(spec.name) is None
 
 
-def test_a_private_image_is_pulled_with_the_jobs_credential(engine, private_image: PrivateImage):
+def test_a_private_image_is_pulled_with_the_jobs_credential(engine, pull_needed: PrivateImage):
     spec = JobSpec(
         job_id=uuid.uuid4().hex,
         attempt=1,
-        image=private_image.reference,
+        image=pull_needed.reference,
         argv=["echo", "pulled"],
         extra_labels={SESSION_LABEL: SESSION_ID},
-        registry_credential=private_image.registry,
+        registry_credential=pull_needed.registry,
         registry_auth=RegistryAuth(
-            private_image.registry, private_image.username, private_image.password
+            pull_needed.registry, pull_needed.username, pull_needed.password
         ),
     )
     name = engine.run(spec)
     assert engine.executor.wait(name, timeout=60) == 0
     assert _output(engine.executor, name, "stdout") == b"pulled\n"
+
+
+def test_a_private_image_without_the_credential_is_refused_at_once(
+    engine, pull_needed: PrivateImage
+):
+    spec = JobSpec(
+        job_id=uuid.uuid4().hex,
+        attempt=1,
+        image=pull_needed.reference,
+        extra_labels={SESSION_LABEL: SESSION_ID},
+    )
+    started = time.monotonic()
+    with pytest.raises(ImageAccessDeniedError, match="ErrImagePull"):
+        engine.executor.run(spec)
+    assert time.monotonic() - started < 20
+    assert engine.executor.find_container(spec.name) is None
 
 
 # ---- jobs through the worker ---------------------------------------------------------------

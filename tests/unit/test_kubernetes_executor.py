@@ -32,7 +32,7 @@ from container_manager.executors.kubernetes import (
     parse_cluster_url,
 )
 from container_manager.models import ExecutorHost
-from container_manager.spec import JobSpec
+from container_manager.spec import JobSpec, RegistryAuth
 
 NS = "jobs"
 KUBECONFIG = """\
@@ -349,6 +349,34 @@ def test_image_and_start_failures_fail_at_once(executor, cluster, reason, messag
     assert reason in str(raised.value) and message in str(raised.value)
     assert "busybox:1" in str(raised.value) or reason == "RunContainerError"
     assert cluster.jobs == {}
+
+
+def test_with_a_credential_the_first_refused_pull_is_not_the_verdict(
+    executor, cluster, monkeypatch
+):
+    # The kubelet's first pull may miss the pod's pull secret (the node authorizer links them
+    # a moment later); it pulls again after a back-off.
+    denied = {"waiting": {"reason": "ErrImagePull", "message": "no basic auth credentials"}}
+    backoff = {"waiting": {"reason": "ImagePullBackOff", "message": "Back-off pulling"}}
+    cluster.pod_for = lambda name: _pod(name, state=denied)
+    spec = _spec(registry_credential="r.io").with_secrets({}, RegistryAuth("r.io", "u", "p"))
+
+    with pytest.raises(ExecutorError, match="did not start within") as once:
+        executor.run(spec)
+    assert not isinstance(once.value, ImageAccessDeniedError), "one refusal: waited"
+
+    events = [
+        json.dumps({"type": "MODIFIED", "object": _pod("cm-j1-1", state=s)}).encode() + b"\n"
+        for s in (backoff, denied)
+    ]
+    plain = cluster.list_namespaced_pod
+    monkeypatch.setattr(
+        cluster,
+        "list_namespaced_pod",
+        lambda ns, **kw: Answer(chunks=events) if kw.get("watch") else plain(ns, **kw),
+    )
+    with pytest.raises(ImageAccessDeniedError, match="no basic auth credentials"):
+        executor.run(spec)
 
 
 def test_a_container_config_error_is_given_the_start_timeout(executor, cluster):
