@@ -11,7 +11,8 @@ A host is a cluster and a namespace, written in its ``connection_string``:
 The id the rest of the app sees as the "container id" is the **Job's name**, made from the job
 id and attempt (:func:`~container_manager.spec.container_name`): a repeated launch gets a 409
 and adopts the Job a previous try created. How the spec maps onto the Job, its pod and its
-Secrets: :mod:`container_manager.executors.kubernetes_spec`.
+Secrets: :mod:`container_manager.executors.kubernetes_spec`; how a pod's state is read:
+:mod:`container_manager.executors.kubernetes_pods`.
 
 Status comes from the API: the Job's pod is listed, then watched (no polling sleeps). The exit
 code and ``OOMKilled`` are the container's terminated state. Launch failures are the pod's:
@@ -26,7 +27,8 @@ timeout), then fail with the cluster's reason. A container the runtime could not
 **Stopping** (timeout, cancel) sets the pod's ``activeDeadlineSeconds``: the kubelet sends
 SIGTERM and, after the pod's ``terminationGracePeriodSeconds`` (``STOP_GRACE_SECONDS``, fixed
 when the Job is created: a pod's grace cannot be changed later), SIGKILL; the pod ends
-``Failed`` keeping its exit code and output, and the Job fails (``backoffLimit: 0``). Deleting
+``Failed`` keeping its output (the kubelet of 1.20 does not report the killed container's
+exit code), and the Job fails (``backoffLimit: 0``). Deleting
 the pod instead would lose both, and the Job controller of 1.20 would make a new pod in its
 place. A pod that has no node yet is stopped by deleting its Job.
 
@@ -51,7 +53,6 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass, replace
-from datetime import datetime
 from pathlib import Path
 from typing import Any, ClassVar
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
@@ -63,39 +64,24 @@ from ..exceptions import (
     ExecutorConnectionError,
     ExecutorError,
     ImageAccessDeniedError,
-    ImageUnavailableError,
     PermanentLaunchError,
     SpecRefusedError,
 )
 from ..spec import EngineHost, image_reference_problem
+from . import kubernetes_pods as pod_state
 from . import kubernetes_spec
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream, no_usage
+from .kubernetes_pods import Obj
 
 __all__ = ["ClusterTarget", "KubernetesExecutor", "cluster_url", "parse_cluster_url"]
 
-Obj = dict[str, Any]
-
 SCHEME = "kubernetes"
 IN_CLUSTER = "in-cluster"
-#: The exit code of a Job that ended without its container having run.
-NO_CONTAINER_EXIT = 125
 _NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 _READ_SIZE = 64 * 1024
 _SETTLE_SECONDS = 15.0  # how long a stopped pod may take to report its end, beyond the grace
 _WATCH_SLICE = 30.0  # seconds per watch request at most
 _REFUSALS_WITH_CREDENTIALS = 2  # pulls refused before a job with a registry credential fails
-# Waiting reasons of a pod's container, by what they mean for a launch.
-_IMAGE_REASONS = frozenset({"ErrImagePull", "ImagePullBackOff", "ErrImageNeverPull"})
-_PERMANENT_REASONS = frozenset({"InvalidImageName"})
-_TRANSIENT_REASONS = frozenset({"CreateContainerConfigError", "CreateContainerError"})
-_START_FAILED = frozenset({"RunContainerError"})  # restartPolicy Never: it stays failed
-_CANNOT_RUN = frozenset({"ContainerCannotRun", "StartError"})
-# A registry's refusal, as the kubelet reports the runtime's words (cf. DockerExecutor).
-_REFUSAL = re.compile(
-    r"\b(?:unauthorized|denied)\b|no basic auth credentials|authentication required", re.I
-)
-
-
 # ---- the host: a cluster and a namespace ----------------------------------------------------
 
 
@@ -185,126 +171,6 @@ def _context_problem(target: ClusterTarget) -> str:
             f" it has: {', '.join(names) or 'none'}."
         )
     return ""
-
-
-# ---- reading pods ---------------------------------------------------------------------------
-
-
-def _container_status(pod: Obj | None) -> Obj:
-    """The job container's status in ``pod`` ({} before the kubelet reports one)."""
-    for status in ((pod or {}).get("status") or {}).get("containerStatuses") or []:
-        if status.get("name") == kubernetes_spec.CONTAINER:
-            return dict(status)
-    return {}
-
-
-def _terminated(pod: Obj | None) -> Obj:
-    return dict((_container_status(pod).get("state") or {}).get("terminated") or {})
-
-
-def _waiting(pod: Obj | None) -> Obj:
-    return dict((_container_status(pod).get("state") or {}).get("waiting") or {})
-
-
-def _running(pod: Obj | None) -> bool:
-    return bool((_container_status(pod).get("state") or {}).get("running"))
-
-
-def _phase(pod: Obj | None) -> str:
-    return str(((pod or {}).get("status") or {}).get("phase") or "")
-
-
-def _unschedulable(pod: Obj | None) -> str:
-    """The scheduler's words when the pod cannot be placed ('' otherwise)."""
-    for condition in ((pod or {}).get("status") or {}).get("conditions") or []:
-        if (
-            condition.get("type") == "PodScheduled"
-            and condition.get("status") == "False"
-            and condition.get("reason") == "Unschedulable"
-        ):
-            return f"Unschedulable: {condition.get('message') or 'no node fits'}"
-    return ""
-
-
-def _pod_ended(pod: Obj | None) -> bool:
-    """Whether the pod will not run (again): its container terminated, or it failed."""
-    return bool(_terminated(pod)) or _phase(pod) in {"Failed", "Succeeded"}
-
-
-def _exit_code(pod: Obj | None) -> int:
-    terminated = _terminated(pod)
-    return int(terminated.get("exitCode", NO_CONTAINER_EXIT)) if terminated else NO_CONTAINER_EXIT
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    return datetime.fromisoformat(value.replace("Z", "+00:00")) if value else None
-
-
-def _word(pod: Obj | None) -> str:
-    """The container word for the pod: created, running, exited (its container ran) or dead
-    (the pod ended without it)."""
-    if _terminated(pod):
-        return "exited"
-    if _phase(pod) in {"Failed", "Succeeded"}:
-        return "dead"
-    return "running" if _running(pod) else "created"
-
-
-def _pod_error(pod: Obj | None) -> str:
-    """What the cluster says went wrong with the pod ('' for a plain exit)."""
-    terminated = _terminated(pod)
-    if terminated.get("reason") not in (None, "Completed", "Error", "OOMKilled"):
-        return f"{terminated['reason']}: {terminated.get('message') or ''}".rstrip(": ")
-    status = (pod or {}).get("status") or {}
-    if _phase(pod) == "Failed" and status.get("reason"):
-        return f"{status['reason']}: {status.get('message') or ''}".rstrip(": ")
-    return ""
-
-
-@dataclass(frozen=True)
-class _Start:
-    """What a pod says of its launch: started (running or ended after running), pending, or
-    failed (``error`` to raise), with the cluster's reason while it waits."""
-
-    started: bool = False
-    error: ExecutorError | None = None
-    waiting: str = ""
-
-
-def _start_state(pod: Obj | None, image: str) -> _Start:
-    if pod is None:
-        return _Start()
-    terminated = _terminated(pod)
-    if terminated.get("reason") in _CANNOT_RUN:
-        return _Start(error=ExecutorError(f"Start job container: {_pod_error(pod)}"))
-    if terminated or _running(pod):
-        return _Start(started=True)
-    waiting = _waiting(pod)
-    reason, message = str(waiting.get("reason") or ""), str(waiting.get("message") or "")
-    said = f"{reason}: {message}".rstrip(": ")
-    if reason in _START_FAILED:
-        return _Start(error=ExecutorError(f"Start job container: {said}"))
-    if reason in _PERMANENT_REASONS:
-        return _Start(error=PermanentLaunchError(f"Image {image!r}: {said}"))
-    if reason in _IMAGE_REASONS:
-        if _REFUSAL.search(message):
-            return _Start(
-                error=ImageAccessDeniedError(f"Image {image!r} could not be pulled: {said}")
-            )
-        return _Start(
-            error=ImageUnavailableError(f"Image {image!r} is not available on the node: {said}")
-        )
-    if _phase(pod) == "Failed":
-        return _Start(error=ExecutorError(f"The pod failed: {_pod_error(pod) or 'no reason'}"))
-    if reason in _TRANSIENT_REASONS:
-        return _Start(waiting=said)
-    return _Start(waiting=_unschedulable(pod))
-
-
-def _newest(pods: list[Obj]) -> Obj | None:
-    if not pods:
-        return None
-    return max(pods, key=lambda p: str((p.get("metadata") or {}).get("creationTimestamp") or ""))
 
 
 # ---- the executor --------------------------------------------------------------------------
@@ -548,17 +414,17 @@ class KubernetesExecutor(BaseExecutor):
 
         def decided(pod: Obj | None) -> bool:
             nonlocal waited_for, refusals, last_reason
-            state = _start_state(pod, spec.image)
-            reason = str(_waiting(pod).get("reason") or "")
+            state = pod_state.start_state(pod, spec.image)
+            reason = str(pod_state.waiting(pod).get("reason") or "")
             # The kubelet's first pull can miss the pod's pull secret (1.20's node authorizer
             # links the pod to it a moment later: "no relationship found"), and it pulls
             # again after a back-off: with a credential, a refusal counts from the second.
             if isinstance(state.error, ImageAccessDeniedError) and spec.registry_auth:
                 refusals += reason != last_reason
                 if refusals < _REFUSALS_WITH_CREDENTIALS:
-                    state = _Start(waiting=str(state.error))
+                    state = pod_state.Start(waiting=str(state.error))
             elif refusals and reason == "ImagePullBackOff":
-                state = _Start(waiting=waited_for)
+                state = pod_state.Start(waiting=waited_for)
             last_reason = reason
             if state.error is not None:
                 raise state.error
@@ -602,15 +468,15 @@ class KubernetesExecutor(BaseExecutor):
         return self._call(f"Read job {name}", self.batch.read_namespaced_job, name, self.namespace)
 
     def _pods(self, name: str) -> tuple[Obj | None, str]:
-        """The Job's newest pod (None when it has none) and the listing's resourceVersion.
-        ContainerNotFoundError when the Job does not exist."""
+        """The Job's newest pod that is not being deleted (None when it has none) and the
+        listing's resourceVersion. ContainerNotFoundError when the Job does not exist."""
         listing = self._call(
             f"Pods of job {name}",
             self.core.list_namespaced_pod,
             self.namespace,
             label_selector=f"job-name={name}",
         )
-        pod = _newest(list(listing.get("items") or []))
+        pod = pod_state.newest(pod_state.live(list(listing.get("items") or [])))
         if pod is None:
             self._read_job(name)  # raises ContainerNotFoundError when the Job is gone
         return pod, str((listing.get("metadata") or {}).get("resourceVersion") or "")
@@ -665,23 +531,25 @@ class KubernetesExecutor(BaseExecutor):
 
     def wait(self, container_id: str, timeout: float | None) -> int | None:
         """The container's exit code once the pod ended; None after ``timeout``."""
-        pod = self._watch(container_id, _pod_ended, timeout)
+        pod = self._watch(container_id, pod_state.pod_ended, timeout)
         if pod is None:
             return None
-        return _exit_code(pod)
+        return pod_state.exit_code(pod)
 
     def inspect(self, container_id: str) -> ContainerState:
         pod, _ = self._pods(container_id)
-        terminated = _terminated(pod)
-        running = (_container_status(pod).get("state") or {}).get("running") or {}
-        word = _word(pod)
+        terminated = pod_state.terminated(pod)
+        running = (pod_state.container_status(pod).get("state") or {}).get("running") or {}
+        word = pod_state.word(pod)
         return ContainerState(
             status=word,
-            exit_code=_exit_code(pod) if word in {"exited", "dead"} else None,
+            exit_code=pod_state.exit_code(pod) if terminated else None,
             oom_killed=terminated.get("reason") == "OOMKilled",
-            error=_pod_error(pod) or str(_waiting(pod).get("message") or ""),
-            started_at=_parse_time(terminated.get("startedAt") or running.get("startedAt")),
-            finished_at=_parse_time(terminated.get("finishedAt")),
+            error=pod_state.pod_error(pod) or str(pod_state.waiting(pod).get("message") or ""),
+            started_at=pod_state.parse_time(
+                terminated.get("startedAt") or running.get("startedAt")
+            ),
+            finished_at=pod_state.parse_time(terminated.get("finishedAt")),
         )
 
     def _log_response(self, container_id: str, **params: Any) -> Any:
@@ -736,13 +604,15 @@ class KubernetesExecutor(BaseExecutor):
 
     def stop_container(self, container_id: str, grace: int | None = None) -> bool:
         """End the pod through its active deadline (SIGTERM, SIGKILL after the pod's grace
-        period) and wait until it reports its end; its exit code and output stay. A pod
-        with no node yet (or a Job without a pod) is removed with its Job."""
+        period, which ``grace`` cannot change) and wait until the kubelet ended it and the
+        grace period is over; its output stays. The kubelet of 1.20 does not report the
+        killed container's exit code (:func:`~.kubernetes_pods.stopped`). A pod with no
+        node yet (or a Job without a pod) is removed with its Job."""
         try:
             pod, _ = self._pods(container_id)
         except ContainerNotFoundError:
             return True
-        if pod is not None and _pod_ended(pod):
+        if pod is not None and pod_state.pod_ended(pod):
             return True
         if pod is None or not (pod.get("spec") or {}).get("nodeName"):
             return self.cleanup(container_id)
@@ -759,13 +629,25 @@ class KubernetesExecutor(BaseExecutor):
             return True
         pod_grace = int((pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 0)
         with suppress(ContainerNotFoundError):
-            self._watch(container_id, _pod_ended, pod_grace + _SETTLE_SECONDS)
+            ended = self._watch(container_id, pod_state.pod_ended, pod_grace + _SETTLE_SECONDS)
+            if ended is not None and not pod_state.terminated(ended):
+                # The kill's end is not reported: give it its grace period, or until a
+                # kubelet that reports it does.
+                self._watch(container_id, lambda p: bool(pod_state.terminated(p)), pod_grace + 1)
         return True
 
     def cleanup(self, container_id: str) -> bool:
-        """Delete the Job (its pod and Secrets go with it) and the attempt's Secrets; True
-        also when they are gone."""
+        """Delete the Job, its pods at once (SIGKILL, as a forced removal of a container:
+        the garbage collector would take a moment) and the attempt's Secrets; True also when
+        they are gone."""
         self.discard(container_id)
+        self._call(
+            f"Delete the pods of job {container_id}",
+            self.core.delete_collection_namespaced_pod,
+            self.namespace,
+            label_selector=f"job-name={container_id}",
+            grace_period_seconds=0,
+        )
         self._delete_secrets(container_id)
         return True
 
@@ -802,7 +684,7 @@ class KubernetesExecutor(BaseExecutor):
             pod, _ = self._pods(container_id)
         except ContainerNotFoundError:
             return "not-found"
-        return _word(pod)
+        return pod_state.word(pod)
 
     def get_logs(self, container_id: str, tail: int | None = None) -> str:
         try:
@@ -836,7 +718,9 @@ class KubernetesExecutor(BaseExecutor):
             owner = ((pod.get("metadata") or {}).get("labels") or {}).get("job-name", "")
             by_job.setdefault(owner, []).append(pod)
         return [
-            _entry(job, _newest(by_job.get((job.get("metadata") or {}).get("name", ""), [])))
+            pod_state.entry(
+                job, pod_state.newest(by_job.get((job.get("metadata") or {}).get("name", ""), []))
+            )
             for job in jobs.get("items") or []
         ]
 
@@ -867,8 +751,8 @@ class KubernetesExecutor(BaseExecutor):
         cpus, memory = 0.0, 0
         for node in nodes.get("items") or []:
             allocatable = (node.get("status") or {}).get("allocatable") or {}
-            cpus += _cpu(str(allocatable.get("cpu") or "0"))
-            memory += _memory_mb(str(allocatable.get("memory") or "0"))
+            cpus += pod_state.cpu(str(allocatable.get("cpu") or "0"))
+            memory += pod_state.memory_mb(str(allocatable.get("memory") or "0"))
         return (cpus, memory) if cpus and memory else None
 
     def check(self) -> list[str]:
@@ -901,41 +785,3 @@ def _api_message(err: Exception) -> str:
     except (ValueError, AttributeError):
         message = None
     return str(message or getattr(err, "reason", "") or err)
-
-
-def _entry(job: Obj, pod: Obj | None) -> dict[str, Any]:
-    meta, status = job.get("metadata") or {}, job.get("status") or {}
-    template = ((job.get("spec") or {}).get("template") or {}).get("spec") or {}
-    containers = template.get("containers") or [{}]
-    finished = _terminated(pod).get("finishedAt") or status.get("completionTime")
-    for condition in status.get("conditions") or []:
-        if condition.get("type") in {"Complete", "Failed"} and condition.get("status") == "True":
-            finished = finished or condition.get("lastTransitionTime")
-    if pod is not None:
-        word = _word(pod)
-    elif status.get("succeeded") or status.get("failed"):
-        word = "dead"  # ended, and its pod is gone
-    else:
-        word = "created"
-    return {
-        "id": meta.get("name", ""),
-        "name": meta.get("name", ""),
-        "status": word,
-        "labels": dict(meta.get("labels") or {}),
-        "image": str(containers[0].get("image", "")),
-        "finished_at": _parse_time(finished),
-    }
-
-
-_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "k": 10**3, "M": 10**6, "G": 10**9}
-
-
-def _cpu(quantity: str) -> float:
-    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
-
-
-def _memory_mb(quantity: str) -> int:
-    for suffix, factor in _UNITS.items():
-        if quantity.endswith(suffix):
-            return int(float(quantity[: -len(suffix)]) * factor) // 2**20
-    return int(float(quantity)) // 2**20

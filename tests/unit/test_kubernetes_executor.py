@@ -8,6 +8,7 @@ its validation."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -25,7 +26,7 @@ from container_manager.exceptions import (
     PermanentLaunchError,
     SpecRefusedError,
 )
-from container_manager.executors import get_executor, kubernetes
+from container_manager.executors import get_executor, kubernetes_pods
 from container_manager.executors.kubernetes import (
     KubernetesExecutor,
     cluster_url,
@@ -161,6 +162,12 @@ class Cluster:
             if selector.startswith("container_manager") or selector == f"job-name={name}"
         ]
         return _json({"metadata": {"resourceVersion": "7"}, "items": pods})
+
+    def delete_collection_namespaced_pod(self, namespace: str, **kw: Any) -> Answer:
+        self.record("delete_collection_namespaced_pod", kw)
+        name = kw["label_selector"].removeprefix("job-name=")
+        self.pods.pop(name, None)
+        return _json({})
 
     def list_namespaced_event(self, namespace: str, **kw: Any) -> Answer:
         self.record("list_namespaced_event", kw)
@@ -564,6 +571,25 @@ def test_stop_sets_the_pods_active_deadline_and_keeps_its_result(executor, clust
     assert executor.stop_container("cm-j1-1") is True, "already ended"
 
 
+def test_stop_as_the_kubelet_of_1_20_reports_it(executor, cluster, monkeypatch):
+    cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
+    cluster.pods["cm-j1-1"] = _pod("cm-j1-1", phase="Running", state=RUNNING)
+
+    def patch(name: str, namespace: str, body: dict, **kw: Any) -> Answer:
+        cluster.record("patch_namespaced_pod", kw)
+        cluster.pods["cm-j1-1"]["status"].update(phase="Failed", reason="DeadlineExceeded")
+        return _json(cluster.pods["cm-j1-1"])
+
+    monkeypatch.setattr(cluster, "patch_namespaced_pod", patch)
+    started = time.monotonic()
+    assert executor.stop_container("cm-j1-1") is True
+    assert time.monotonic() - started >= 1, "the pod's grace period (1 s) was given"
+    state = executor.inspect("cm-j1-1")
+    assert (state.status, state.exit_code, state.has_exited) == ("dead", None, True)
+    assert "DeadlineExceeded" in state.error
+    assert executor.wait("cm-j1-1", timeout=1) == kubernetes_pods.NO_CONTAINER_EXIT
+
+
 def test_stop_removes_a_job_whose_pod_has_no_node(executor, cluster):
     cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
     cluster.pods["cm-j1-1"] = _pod("cm-j1-1", node="")
@@ -640,9 +666,9 @@ def test_health_version_and_capacity(executor, cluster):
 
 
 def test_quantities():
-    assert kubernetes._cpu("1500m") == 1.5 and kubernetes._cpu("4") == 4.0
-    assert kubernetes._memory_mb("4Gi") == 4096 and kubernetes._memory_mb("1048576") == 1
-    assert kubernetes._memory_mb("2000M") == 1907
+    assert kubernetes_pods.cpu("1500m") == 1.5 and kubernetes_pods.cpu("4") == 4.0
+    assert kubernetes_pods.memory_mb("4Gi") == 4096 and kubernetes_pods.memory_mb("1048576") == 1
+    assert kubernetes_pods.memory_mb("2000M") == 1907
 
 
 # ---- the host: URL, validation, client configuration ------------------------------------
@@ -785,3 +811,24 @@ def test_container_host_add_in_cluster():
         "kubernetes",
         "kubernetes://in-cluster?namespace=ns",
     )
+
+
+def test_a_pod_failed_with_its_container_running():
+    stopped = _pod("cm-j1-1", phase="Failed", state=RUNNING, reason="DeadlineExceeded")
+    assert kubernetes_pods.pod_ended(stopped) is True, "the kubelet never reports the kill"
+    assert kubernetes_pods.word(stopped) == "dead"
+    other = _pod("cm-j1-1", phase="Failed", state=RUNNING, reason="Evicted")
+    assert kubernetes_pods.pod_ended(other) is False, "until its container is reported"
+    assert kubernetes_pods.word(other) == "running"
+    killed = _pod("cm-j1-1", phase="Failed", state={"terminated": {"exitCode": 137}})
+    assert kubernetes_pods.pod_ended(killed) is True
+    assert kubernetes_pods.word(_pod("cm-j1-1", phase="Failed")) == "dead"
+
+
+def test_a_pod_being_deleted_is_not_the_jobs(executor, cluster):
+    cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
+    cluster.pods["cm-j1-1"] = _pod("cm-j1-1", phase="Running", state=RUNNING)
+    cluster.pods["cm-j1-1"]["metadata"]["deletionTimestamp"] = "2026-01-01T10:00:09Z"
+    assert executor.check_status("cm-j1-1") == "created"
+    del cluster.jobs["cm-j1-1"]
+    assert executor.check_status("cm-j1-1") == "not-found"
