@@ -20,9 +20,10 @@ code and ``OOMKilled`` are the container's terminated state. Launch failures are
 too (:class:`ImageAccessDeniedError`); an image that cannot be pulled (``ErrImagePull``,
 ``ImagePullBackOff``, ``ErrImageNeverPull``) raises :class:`ImageUnavailableError` at the first
 failed pull; ``CreateContainerConfigError``, ``Unschedulable`` and a Job whose pod cannot be
-created (``FailedCreate``: a quota) are given until ``start_timeout`` (default the engine
-timeout), then fail with the cluster's reason. A container the runtime could not start
-(``ContainerCannotRun``) fails the launch with the runtime's words.
+created (``FailedCreate``: a quota) are given until ``start_timeout`` (nine tenths of
+the host's start timeout or ``START_TIMEOUT``), then fail with the cluster's reason. A
+container the runtime could not start (``ContainerCannotRun``) fails the launch with the
+runtime's words.
 
 **Stopping** (timeout, cancel) sets the pod's ``activeDeadlineSeconds``: the kubelet sends
 SIGTERM and, after the pod's ``terminationGracePeriodSeconds`` (``STOP_GRACE_SECONDS``, fixed
@@ -181,7 +182,8 @@ class KubernetesExecutor(BaseExecutor):
 
     ``config["docker_host"]`` is an ExecutorHost (or its URL); optional ``timeout`` (seconds
     per API call), ``pool_size`` (connections) and ``start_timeout`` (seconds a launch waits
-    for the pod to start or fail; default the engine timeout).
+    for the pod to start or fail; default nine tenths of the host's start timeout or
+    START_TIMEOUT).
     """
 
     supports_resource_limits: ClassVar[bool] = True
@@ -227,11 +229,19 @@ class KubernetesExecutor(BaseExecutor):
             raise ExecutorConnectionError(f"Cluster host {self.base_url!r}: {err}") from err
         self.namespace = self.target.namespace
         self.timeout = float(self.config.get("timeout", get_settings().ENGINE_TIMEOUT))
-        self.start_timeout = float(self.config.get("start_timeout", self.timeout))
+        self.start_timeout = float(self.config.get("start_timeout") or self._start_limit())
         self.pool_size = int(self.config.get("pool_size", 10))
         self._api: Any = None
         self._lock = threading.Lock()
         self._server_minor: int | None = None
+
+    def _start_limit(self) -> float:
+        """How long a launch waits for a pod that waits (unschedulable, a quota, a config
+        error): nine tenths of the host's start timeout (else START_TIMEOUT), so that the
+        cluster's reason is told before the worker gives the launch up; without either,
+        the engine timeout."""
+        limit = getattr(self.host, "start_timeout", None) or get_settings().START_TIMEOUT
+        return max(1.0, float(limit) * 0.9) if limit else self.timeout
 
     # ---- the client and the one translation point ---------------------------------------
 

@@ -665,6 +665,19 @@ def test_health_version_and_capacity(executor, cluster):
     assert KubernetesExecutor.supports_stats is False
 
 
+@pytest.mark.django_db
+def test_the_start_limit_follows_the_hosts_start_timeout(settings):
+    host = ExecutorHost(
+        name="k", executor_type="kubernetes", connection_string=cluster_url("/x", "ns")
+    )
+    assert KubernetesExecutor({"docker_host": host}).start_timeout == 540.0  # START_TIMEOUT 600
+    host.start_timeout = 100
+    assert KubernetesExecutor({"docker_host": host}).start_timeout == 90.0
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "START_TIMEOUT": None}
+    host.start_timeout = None
+    assert KubernetesExecutor({"docker_host": host, "timeout": 7}).start_timeout == 7.0
+
+
 def test_quantities():
     assert kubernetes_pods.cpu("1500m") == 1.5 and kubernetes_pods.cpu("4") == 4.0
     assert kubernetes_pods.memory_mb("4Gi") == 4096 and kubernetes_pods.memory_mb("1048576") == 1
