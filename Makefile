@@ -2,11 +2,12 @@
 #
 #   make demo    install, start an engine if needed, run one real job, show its record
 #   make test    install, engine, ruff, mypy, pytest on SQLite (+ PostgreSQL when it answers), coverage gates
+#   make kubernetes  a one-node Kubernetes v1.20.2 cluster on loopback (built once, offline)
 #   make lint    ruff check, mypy
 #   make clean   remove caches, coverage data and the demo database (make distclean: also .venv)
 #
-# Under CI (the CI variable set) a missing Docker engine, private registry or PostgreSQL is
-# a failure; locally they are skipped with a warning.
+# Under CI (the CI variable set) a missing Docker engine, private registry, Kubernetes cluster
+# or PostgreSQL is a failure; locally they are skipped with a warning.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -euo pipefail -c
@@ -32,13 +33,16 @@ DOCKER_FILES := container_manager/executors/docker.py,container_manager/executor
 export CONTAINER_JOBS_TEST_ENGINE := $(ENGINE_URL)
 # ... and the private registry's port (tests/registry.py): 127.0.0.1:$(REGISTRY_PORT).
 export REGISTRY_PORT
+# ... and the test cluster's kubeconfig (scripts/ensure-kubernetes.sh prints it).
+KUBE_STATE ?= /var/lib/container-jobs-kubernetes
+export CONTAINER_JOBS_TEST_KUBECONFIG ?= $(KUBE_STATE)/admin.kubeconfig
 
 SAY := @printf '\n==> %s\n'
 
-.PHONY: help install engine registry demo test lint clean distclean
+.PHONY: help install engine registry kubernetes demo test lint clean distclean
 
 help:
-	@sed -n '3,7p' Makefile | sed 's/^# *//'
+	@sed -n '3,8p' Makefile | sed 's/^# *//'
 
 # ---- install: a venv with the package (editable) and the test tools; quiet, idempotent ----
 
@@ -76,6 +80,12 @@ registry:
 	$(SAY) "registry: Debian's docker-registry on 127.0.0.1:$(REGISTRY_PORT)"
 	@REGISTRY_PORT=$(REGISTRY_PORT) bash scripts/ensure-registry.sh
 
+# ---- kubernetes: a one-node cluster (real apiserver, scheduler, controllers, kubelet) ------
+
+kubernetes: engine
+	$(SAY) "kubernetes: one-node v1.20.2 cluster on 127.0.0.1, pods on $(ENGINE_URL)"
+	@DOCKER_SOCK=$(DOCKER_SOCK) KUBE_STATE=$(KUBE_STATE) bash scripts/ensure-kubernetes.sh
+
 # ---- demo: one real job, start to end ---------------------------------------------------
 
 demo: install engine
@@ -112,6 +122,10 @@ test: install
 	@if [ -n "$${CI:-}" ]; then $(MAKE) --no-print-directory registry; \
 	else $(MAKE) --no-print-directory registry \
 		|| echo "WARNING: no private registry; private-image tests are skipped (under CI they fail)"; fi
+	$(SAY) "test: Kubernetes cluster"
+	@if [ -n "$${CI:-}" ]; then $(MAKE) --no-print-directory kubernetes; \
+	else $(MAKE) --no-print-directory kubernetes \
+		|| echo "WARNING: no Kubernetes cluster; the cluster tests are skipped (under CI they fail)"; fi
 	$(SAY) "test: browser (Debian's Chromium for the Playwright tests)"
 	@if [ -n "$${CI:-}" ]; then bash scripts/ensure-browser.sh; \
 	else bash scripts/ensure-browser.sh || echo "WARNING: no Chromium; browser tests are skipped (under CI they fail)"; fi

@@ -36,7 +36,7 @@ from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
 from .models import ContainerJob, JobAttempt, JobStatus
 from .spec import SPEC_FIELDS
-from .spec_text import mount_text, recorded_spec_text, secrets_text
+from .spec_text import MERGED_NOTE, mount_text, recorded_spec_text, secrets_text
 
 if TYPE_CHECKING:
     from django.contrib.admin.options import _FieldsetSpec
@@ -295,7 +295,10 @@ class ContainerJobAdmin(SafeLookups):
 
     @admin.display(description="stderr")
     def stderr_display(self, obj: ContainerJob) -> SafeString:
-        return self._log("stderr", obj.stderr_log, obj.stderr_truncated)
+        shown = self._log("stderr", obj.stderr_log, obj.stderr_truncated)
+        if obj.output_merged:
+            return format_html('{}<p id="cm-output-merged">{}</p>', shown, MERGED_NOTE)
+        return shown
 
     @admin.display(description="mounts")
     def mounts_display(self, obj: ContainerJob) -> SafeString:

@@ -19,6 +19,7 @@ __all__ = ["DEFAULTS", "Settings", "fixed_settings", "get_settings"]
 DEFAULT_EXECUTORS: dict[str, str] = {
     "docker": "container_manager.executors.docker.DockerExecutor",
     "swarm": "container_manager.executors.swarm.SwarmExecutor",
+    "kubernetes": "container_manager.executors.kubernetes.KubernetesExecutor",
 }
 
 

@@ -620,6 +620,14 @@ class ContainerJob(models.Model):
         return merge_environments(template, parse_environment(self.override_environment))
 
     @property
+    def output_merged(self) -> bool:
+        """Whether the engine of the job's current attempt merged stdout and stderr into one
+        stream (Kubernetes): its output is then all in ``stdout_log``, as the attempt's
+        record says (``merged_output``)."""
+        attempt = self.attempts.filter(number=self.attempt_count).only("spec").first()
+        return bool(attempt is not None and (attempt.spec or {}).get("merged_output"))
+
+    @property
     def duration(self) -> float | None:
         """Seconds from start to completion (or to now while running)."""
         if not self.started_at:

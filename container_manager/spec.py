@@ -324,6 +324,9 @@ class JobSpec:
     #: Secure defaults every executor applies where its engine can.
     no_new_privileges: bool = True
     init: bool = True
+    #: Whether the engine merges stdout and stderr into one stream (Kubernetes): the output
+    #: is then recorded as stdout, and the attempt's record says so.
+    merged_output: bool = False
 
     @property
     def name(self) -> str:
@@ -377,6 +380,7 @@ class JobSpec:
 
     def describe(self) -> dict[str, Any]:
         """What ran, for the attempt's record: secrets by name only, no credentials."""
+        merged = {"merged_output": True} if self.merged_output else {}
         return {
             "image": self.image,
             "entrypoint": self.entrypoint,
@@ -401,6 +405,7 @@ class JobSpec:
             "no_new_privileges": self.no_new_privileges,
             "init": self.init,
             "placement_constraints": self.placement_constraints,
+            **merged,
         }
 
 

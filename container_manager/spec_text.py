@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from .models import ContainerJob, ExecutorHost, RegistryCredential
 
 __all__ = [
+    "MERGED_NOTE",
     "credential_text",
     "host_capacity_text",
     "host_policy_rows",
@@ -25,6 +26,13 @@ __all__ = [
     "recorded_spec_text",
     "secrets_text",
 ]
+
+
+#: What the admin and the command line say of a job whose engine merged its output streams.
+MERGED_NOTE = (
+    "stdout and stderr were merged by the engine (Kubernetes keeps one stream): all of the"
+    " output is in stdout"
+)
 
 
 def mount_text(mount: Mapping[str, Any] | str) -> str:

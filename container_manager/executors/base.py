@@ -43,6 +43,17 @@ Stream = Literal["stdout", "stderr"]
 _ENGINE_URL = re.compile(r"^(unix://(/[^\s]+)|tcp://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
 
 
+def no_usage() -> dict[str, Any]:
+    """The resource figures of a container that cannot be measured: zeros."""
+    return {
+        "memory_usage": 0,
+        "memory_peak": 0,
+        "memory_limit": 0,
+        "cpu_usage": 0.0,
+        "cpu_percent": 0.0,
+    }
+
+
 def _not_a_socket(path: str) -> bool:
     """Whether ``path`` exists here and is no socket (a path that does not exist here may
     be a socket on the worker's machine)."""

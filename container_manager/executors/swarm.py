@@ -64,7 +64,7 @@ from ..exceptions import (
 )
 from ..spec import JobSource
 from . import swarm_spec
-from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream
+from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream, no_usage
 from .docker import DockerExecutor, _parse_time
 from .docker_spec import engine_log_config
 
@@ -453,13 +453,7 @@ class SwarmExecutor(DockerExecutor):
         if task_container:
             with suppress(ContainerNotFoundError):
                 return super().get_resource_usage(task_container)
-        return {
-            "memory_usage": 0,
-            "memory_peak": 0,
-            "memory_limit": 0,
-            "cpu_usage": 0.0,
-            "cpu_percent": 0.0,
-        }
+        return no_usage()
 
     def list_containers(self) -> list[dict[str, Any]]:
         """This app's services: labelled managed, and with every ``CONTAINER_LABELS`` label."""

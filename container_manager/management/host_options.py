@@ -7,13 +7,15 @@ host's ``full_clean`` checks the values and names the field.
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 from typing import Any
 
-from django.core.management.base import CommandParser
+from django.core.management.base import CommandError, CommandParser
 
+from container_manager.executors.kubernetes import cluster_url
 from container_manager.models import parse_labels
 
-__all__ = ["add_host_arguments", "host_changes"]
+__all__ = ["CLUSTER_OPTIONS", "TLS_FILES", "add_host_arguments", "host_changes"]
 
 # Command-line option -> ExecutorHost field, for the options that map one to one.
 _FIELDS = {
@@ -42,11 +44,14 @@ _LISTS = {
     "allow_capability": "allowed_capabilities",
 }
 TLS_FILES = ("tls_ca", "tls_cert", "tls_key")
+#: The options that describe a cluster host (``connection_string`` of the kubernetes executor).
+CLUSTER_OPTIONS = ("kubeconfig", "in_cluster", "namespace", "context")
 
 
 def add_host_arguments(add: CommandParser) -> None:
     """Every option of ``add``: the engine, TLS, placement, the policy."""
     _add_engine_arguments(add)
+    _add_cluster_arguments(add.add_argument_group("a Kubernetes cluster (executor kubernetes)"))
     _add_policy_arguments(add.add_argument_group("policy (what jobs may ask for on this host)"))
     add.add_argument(
         "--update",
@@ -106,6 +111,46 @@ def _add_engine_arguments(add: CommandParser) -> None:
     )
 
 
+def _add_cluster_arguments(group: Any) -> None:
+    arg = group.add_argument
+    arg(
+        "--kubeconfig",
+        metavar="PATH",
+        help="The cluster's kubeconfig file on the worker's machine (instead of --url).",
+    )
+    arg(
+        "--in-cluster",
+        action="store_true",
+        default=None,
+        help="The worker runs in a pod of the cluster: use its service account.",
+    )
+    arg("--namespace", metavar="NS", help="The namespace the jobs run in (required).")
+    arg("--context", metavar="NAME", help="A context of the kubeconfig (default: its current).")
+
+
+def _cluster_changes(options: dict[str, Any]) -> dict[str, Any]:
+    """The connection of a cluster host from --kubeconfig / --in-cluster, --namespace and
+    --context; {} when none is given."""
+    if not any(options.get(option) for option in CLUSTER_OPTIONS):
+        return {}
+    if options.get("url"):
+        raise CommandError(
+            "Give either --url (an engine) or --kubeconfig/--in-cluster (a cluster)."
+        )
+    kubeconfig, in_cluster = options.get("kubeconfig"), options.get("in_cluster")
+    if bool(kubeconfig) == bool(in_cluster):
+        raise CommandError("A cluster host needs --kubeconfig PATH or --in-cluster (one of them).")
+    if not options.get("namespace"):
+        raise CommandError("A cluster host needs --namespace NS.")
+    if in_cluster and options.get("context"):
+        raise CommandError("--context applies to --kubeconfig only.")
+    path = str(Path(kubeconfig).resolve()) if kubeconfig else ""
+    return {
+        "connection_string": cluster_url(path, options["namespace"], options.get("context") or ""),
+        "executor_type": options.get("executor") or "kubernetes",
+    }
+
+
 def _add_policy_arguments(group: Any) -> None:
     arg = group.add_argument
     arg(
@@ -159,4 +204,5 @@ def host_changes(options: dict[str, Any]) -> dict[str, Any]:
             changes[field] = [value for value in options[option] if value]
     if options.get("labels") is not None:
         changes["labels"] = parse_labels(options["labels"])
+    changes.update(_cluster_changes(options))
     return changes

@@ -255,8 +255,10 @@ class TestExecutorHost:
         }
 
     def test_unknown_executor_type(self):
-        assert host_errors(executor_type="kubernetes") == {
-            "executor_type": ["Unknown executor 'kubernetes'; registered: docker, fake, swarm."]
+        assert host_errors(executor_type="nomad") == {
+            "executor_type": [
+                "Unknown executor 'nomad'; registered: docker, fake, kubernetes, swarm."
+            ]
         }
 
     def test_executor_type_registered_in_settings(self, settings):

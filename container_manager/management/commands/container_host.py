@@ -1,6 +1,7 @@
 """``manage.py container_host``: register, list, check and remove container engine hosts.
 
     manage.py container_host add NAME --url unix:///var/run/docker.sock [--update] ...
+    manage.py container_host add NAME --kubeconfig PATH --namespace NS [--context C] ...
     manage.py container_host list
     manage.py container_host show NAME
     manage.py container_host check NAME | --all
@@ -84,7 +85,7 @@ class Command(BaseCommand):
 
     def _add(self, options: dict[str, Any]) -> None:
         given = host_changes(options)
-        for option in TLS_FILES:
+        for option in (*TLS_FILES, "kubeconfig"):
             path = options.get(option)
             if path and not Path(path).is_file():
                 raise CommandError(f"--{option.replace('_', '-')}: no such file: {path}")
@@ -97,7 +98,10 @@ class Command(BaseCommand):
         created = host is None
         if host is None:
             if "connection_string" not in given:
-                raise CommandError("--url is required to register a new host.")
+                raise CommandError(
+                    "--url is required to register a new host (for a Kubernetes cluster:"
+                    " --kubeconfig PATH or --in-cluster, with --namespace NS)."
+                )
             host = ExecutorHost(name=options["name"])
         for field, value in given.items():
             setattr(host, field, value)

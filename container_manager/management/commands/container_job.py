@@ -31,7 +31,7 @@ from container_manager.management.job_options import (
 )
 from container_manager.management.output import printable, rows_text, table_text
 from container_manager.models import ContainerJob, JobStatus
-from container_manager.spec_text import job_spec_rows, recorded_spec_text
+from container_manager.spec_text import MERGED_NOTE, job_spec_rows, recorded_spec_text
 
 
 def _when(moment: Any) -> str:
@@ -155,6 +155,8 @@ class Command(BaseCommand):
             ("CPU time", "-" if job.cpu_seconds is None else f"{job.cpu_seconds:.2f}s"),
             ("Last error", job.last_error or "-"),
         ]
+        if job.output_merged:
+            rows.append(("Output", MERGED_NOTE))
         for line in rows_text(rows, 13):
             self.stdout.write(line)
         self._show_environment(job)
@@ -217,6 +219,8 @@ class Command(BaseCommand):
                     f"[{stream} was truncated: only its last part is kept in the database"
                     + (f"; the full output is in {where}]" if where else "]")
                 )
+        if job.output_merged:
+            self.stderr.write(f"[{MERGED_NOTE}]")
         if not (job.stdout_log or job.stderr_log) and job.status not in JobStatus.terminal():
             self.stderr.write(f"[no output recorded yet: the job is {job.status}]")
         elif job.status == JobStatus.RUNNING:
