@@ -3,7 +3,8 @@
 #   make demo    install, start an engine if needed, run one real job, show its record
 #   make test    install, engine, ruff, mypy, pytest on SQLite (+ PostgreSQL when it answers), coverage gates
 #   make kubernetes  a one-node Kubernetes v1.20.2 cluster on loopback (built once, offline)
-#   make lint    ruff check, mypy
+#   make lint    ruff check, mypy, the package built and checked (build, twine check)
+#   make docs    the documentation site (Sphinx), warnings as errors
 #   make clean   remove caches, coverage data and the demo database (make distclean: also .venv)
 #
 # Under CI (the CI variable set) a missing Docker engine, private registry, Kubernetes cluster
@@ -39,10 +40,10 @@ export CONTAINER_JOBS_TEST_KUBECONFIG ?= $(KUBE_STATE)/admin.kubeconfig
 
 SAY := @printf '\n==> %s\n'
 
-.PHONY: help install engine registry kubernetes demo test lint clean distclean
+.PHONY: help install engine registry kubernetes demo test lint docs screenshots package clean distclean
 
 help:
-	@sed -n '3,8p' Makefile | sed 's/^# *//'
+	@sed -n '3,9p' Makefile | sed 's/^# *//'
 
 # ---- install: a venv with the package (editable) and the test tools; quiet, idempotent ----
 
@@ -50,11 +51,11 @@ install: $(STAMP)
 	@:
 
 $(STAMP): pyproject.toml
-	$(SAY) "install: $(VENV) with django-container-jobs[test,postgres]"
+	$(SAY) "install: $(VENV) with django-container-jobs[test,postgres,docs]"
 	@$(PYTHON3) -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
 		|| { echo "$(PYTHON3) is older than 3.11; set PYTHON3=python3.11 (or newer)" >&2; exit 1; }
 	@test -x $(PY) || $(PYTHON3) -m venv $(VENV)
-	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,postgres]' \
+	@$(PY) -m pip install --quiet --disable-pip-version-check -e '.[test,postgres,docs]' \
 		>$(VENV)/pip-install.log 2>&1 \
 		|| { cat $(VENV)/pip-install.log >&2; echo "FAIL: pip install (log above)" >&2; exit 1; }
 	@touch $(STAMP)
@@ -133,6 +134,7 @@ test: install
 	@$(VENV)/bin/ruff check .
 	$(SAY) "test: mypy"
 	@$(VENV)/bin/mypy container_manager
+	@$(MAKE) --no-print-directory package docs
 	$(SAY) "test: pytest on SQLite"
 	@rm -f .coverage .coverage.*
 	@$(call pytest_run,)
@@ -156,10 +158,36 @@ lint: install
 	@$(VENV)/bin/ruff check .
 	$(SAY) "lint: mypy"
 	@$(VENV)/bin/mypy container_manager
+	@$(MAKE) --no-print-directory package
+
+# ---- package: the sdist and wheel, checked as PyPI would render them ----------------------
+
+package: install
+	$(SAY) "package: python -m build, twine check"
+	@rm -rf dist
+	@$(PY) -m build --no-isolation --outdir dist . >$(VENV)/build.log 2>&1 \
+		|| { cat $(VENV)/build.log >&2; echo "FAIL: python -m build (log above)" >&2; exit 1; }
+	@$(VENV)/bin/twine check --strict dist/*
+
+# ---- docs: the documentation site (Sphinx, docs/), warnings as errors ---------------------
+
+docs: install
+	$(SAY) "docs: sphinx-build -W docs docs/_build/html"
+	@$(PY) -m sphinx -W --keep-going -q -E -b html docs docs/_build/html
+	@echo "built docs/_build/html/index.html"
+
+# ---- screenshots: the admin's pages, as the browser tests take them, into the docs --------
+
+screenshots: install engine
+	$(SAY) "screenshots: browser tests, then artifacts/screenshots/*.png -> docs/screenshots/"
+	@bash scripts/ensure-browser.sh
+	@$(PY) -m pytest -q tests/browser
+	@cp artifacts/screenshots/*.png docs/screenshots/
+	@ls docs/screenshots
 
 clean:
 	$(SAY) "clean"
-	rm -rf .coverage .coverage.* htmlcov .pytest_cache .ruff_cache build dist *.egg-info
+	rm -rf .coverage .coverage.* htmlcov .pytest_cache .ruff_cache build dist *.egg-info docs/_build
 	rm -f db.sqlite3 db.sqlite3-wal db.sqlite3-shm
 	find . -path ./$(VENV) -prune -o -name __pycache__ -type d -print0 | xargs -0 rm -rf
 

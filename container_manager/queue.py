@@ -200,7 +200,7 @@ def _saved(build: Callable[P, ContainerJob]) -> Callable[P, ContainerJob]:
 
     submit.__doc__ = (
         "Validate and queue a job; returns the saved job. Bad input raises InvalidJobError."
-        f"\n\nThe keywords are :func:`prepare`'s:\n{build.__doc__}"
+        f"\n\nThe keywords are :func:`prepare`'s:\n\n{inspect.cleandoc(build.__doc__ or '')}"
     )
     return submit
 
