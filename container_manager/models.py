@@ -214,6 +214,7 @@ def parse_labels(items: Sequence[str]) -> dict[str, str]:
 class ExecutorHost(models.Model):
     """A container engine the app can run jobs on."""
 
+    #: Unique name the host is known by (commands, admin, jobs' ``host``).
     name = models.CharField(max_length=100, unique=True)
     connection_string = models.CharField(
         "engine URL",
@@ -224,20 +225,28 @@ class ExecutorHost(models.Model):
     executor_type = models.CharField(
         max_length=50, default="docker", help_text="Alias of the executor in CONTAINER_MANAGER"
     )
+    #: Connect to a ``tcp://`` engine with TLS.
     tls_enabled = models.BooleanField(default=False)
     insecure_tcp = models.BooleanField(
         "plain TCP (no TLS)",
         default=False,
         help_text="Allow tcp:// without TLS: jobs' environment crosses the network in the clear",
     )
+    #: Check the engine's certificate against ``tls_ca_cert`` (off only for tests).
     tls_verify = models.BooleanField(default=True)
+    #: Path, on the worker's machine, of the CA certificate that signed the engine's.
     tls_ca_cert = models.CharField("CA certificate path", max_length=500, blank=True)
+    #: Path of the client certificate the worker presents.
     tls_client_cert = models.CharField("client certificate path", max_length=500, blank=True)
+    #: Path of the client certificate's key (only the path is stored).
     tls_client_key = models.CharField("client key path", max_length=500, blank=True)
+    #: Pull an image the engine does not have; off: such a job fails its launch.
     auto_pull_images = models.BooleanField(default=True)
+    #: Jobs running on this host at once, counted across all workers.
     max_concurrent_jobs = models.PositiveIntegerField(
         default=10, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
     )
+    #: Share of open jobs: the least loaded relative to its weight takes the next one.
     weight = models.PositiveIntegerField(
         default=100, validators=[MinValueValidator(1), MaxValueValidator(1000)]
     )
@@ -272,14 +281,21 @@ class ExecutorHost(models.Model):
     )
     gpus = models.PositiveIntegerField("GPUs", default=0, help_text="GPUs jobs may ask for")
     # ---- capacity, read from the engine at each health check ----
+    #: CPUs of the engine, read at each health check; jobs asking more are refused.
     cpu_capacity = models.FloatField("CPUs", null=True, blank=True, editable=False)
+    #: Memory of the engine in MB, read at each health check.
     memory_capacity_mb = models.PositiveIntegerField(
         "memory (MB)", null=True, blank=True, editable=False
     )
+    #: When the last health check ran (empty: never, or a check was asked for).
     last_health_check = models.DateTimeField(null=True, blank=True)
+    #: When a health check last succeeded.
     last_healthy_at = models.DateTimeField(null=True, blank=True)
+    #: Consecutive failed health checks (``UNHEALTHY_AFTER`` of them: no new jobs).
     health_check_failures = models.PositiveIntegerField(default=0)
+    #: Why the last failed health check failed.
     last_health_error = models.TextField(blank=True)
+    #: When the host was registered.
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -385,11 +401,14 @@ class ExecutorHost(models.Model):
 class EnvironmentVariableTemplate(models.Model):
     """Named KEY=VALUE lines that jobs can share; a job's own lines win."""
 
+    #: Unique name jobs refer to it by.
     name = models.CharField(max_length=100, unique=True)
+    #: What it is for.
     description = models.TextField(blank=True)
     environment_variables = models.TextField(
         blank=True, validators=[validate_environment_text], help_text="KEY=VALUE, one per line"
     )
+    #: When it was created.
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -407,16 +426,19 @@ class RegistryCredential(models.Model):
     """How to log in to a private registry. The password is a reference (``env:VAR`` or
     ``file:/path``) that the worker resolves at launch: the database never holds it."""
 
+    #: Unique name jobs refer to it by.
     name = models.CharField(max_length=100, unique=True)
     registry = models.CharField(
         max_length=255, unique=True, help_text="Registry host[:port], e.g. registry.example.com"
     )
+    #: The registry user.
     username = models.CharField(max_length=255)
     password_reference = models.CharField(
         max_length=500,
         validators=[_reference_validator],
         help_text="env:VARIABLE or file:/path, read by the worker; never the password itself",
     )
+    #: When it was created.
     created_at = models.DateTimeField(auto_now_add=True)
 
     class Meta:
@@ -456,16 +478,22 @@ class ContainerJob(models.Model):
     required_labels = models.JSONField(
         default=dict, blank=True, help_text='Host labels the job needs, e.g. {"gpu": "true"}'
     )
+    #: The queue chose the host (a retry may go elsewhere); off: the job named it.
     auto_placed = models.BooleanField(default=False, editable=False)
+    #: Why the job went to its host, or why it waits.
     placement_reason = models.TextField(blank=True)
+    #: A name for people (not unique).
     name = models.CharField(max_length=200, blank=True)
+    #: The image reference, e.g. ``busybox:latest`` or ``registry:5000/team/app:1.4``.
     docker_image = models.CharField(max_length=500, validators=[validate_image_reference])
     command = models.TextField(
         blank=True,
         validators=[validate_command],
         help_text="Split with shlex; no shell unless you write one",
     )
+    #: Absolute working directory in the container (empty: the image's).
     working_directory = models.CharField(max_length=500, blank=True)
+    #: An environment template the job's own lines go on top of.
     environment_template = models.ForeignKey(
         EnvironmentVariableTemplate,
         null=True,
@@ -476,14 +504,19 @@ class ContainerJob(models.Model):
     override_environment = models.TextField(
         blank=True, validators=[validate_environment_text], help_text="KEY=VALUE, one per line"
     )
+    #: Memory limit in MB (empty: none).
     memory_limit = models.PositiveIntegerField("memory limit (MB)", null=True, blank=True)
+    #: CPU limit in cores (empty: none).
     cpu_limit = models.FloatField("CPU limit (cores)", null=True, blank=True)
+    #: Wall-clock seconds from the start before the container is stopped (``timeout``).
     timeout_seconds = models.PositiveIntegerField(null=True, blank=True)
     priority = models.IntegerField(
         default=0,
         validators=[MinValueValidator(PRIORITY_MIN), MaxValueValidator(PRIORITY_MAX)],
         help_text=f"Higher runs first: {PRIORITY_MIN} to {PRIORITY_MAX}",
     )
+    #: Further attempts after a failed one (launch errors; non-zero exits with
+    #: ``retry_on_failure``).
     max_retries = models.PositiveIntegerField(default=0, validators=[MaxValueValidator(100)])
     retry_on_failure = models.BooleanField(
         default=False, help_text="Also retry when the command exits non-zero"
@@ -516,41 +549,69 @@ class ContainerJob(models.Model):
         related_name="jobs",
         help_text="Empty: the credential registered for the image's registry, if any",
     )
+    #: GPUs the container gets (only on hosts that declare them).
     gpus = models.PositiveIntegerField("GPUs", null=True, blank=True)
+    #: Size of ``/dev/shm`` in MB (empty: the engine's default).
     shm_size_mb = models.PositiveIntegerField("/dev/shm size (MB)", null=True, blank=True)
+    #: Most processes the container may run (empty: ``DEFAULT_PIDS_LIMIT``).
     pids_limit = models.PositiveIntegerField("process limit", null=True, blank=True)
+    #: Mount the container's root filesystem read-only.
     read_only_rootfs = models.BooleanField("read-only root filesystem", default=False)
+    #: Capabilities added to the default set (only those the host allows).
     cap_add = models.JSONField("capabilities to add", default=list, blank=True)
+    #: Capabilities dropped from the default set (``ALL`` for none).
     cap_drop = models.JSONField("capabilities to drop", default=list, blank=True)
+    #: Run privileged (only where the host allows it).
     privileged = models.BooleanField(default=False)
 
+    #: Where the job is in its life (a ``JobStatus``).
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.QUEUED)
+    #: Attempts launched so far.
     attempt_count = models.PositiveIntegerField(default=0)
     #: Attempts ended by the infrastructure (an engine that restarted under the job), which
     #: do not count against ``max_retries`` (up to MAX_INFRASTRUCTURE_RETRIES).
     infrastructure_retries = models.PositiveIntegerField(default=0, editable=False)
+    #: The current attempt's container (a service id on Swarm, a Job name on Kubernetes).
     container_id = models.CharField(max_length=128, blank=True)
+    #: The container's exit code.
     exit_code = models.IntegerField(null=True, blank=True)
+    #: The container was killed for exceeding its memory limit.
     oom_killed = models.BooleanField(default=False)
+    #: Why the last attempt failed, or the job waits (secrets redacted).
     last_error = models.TextField(blank=True)
+    #: The end of the job's stdout (``LOG_TAIL_BYTES``); while it runs, what the worker last
+    #: recorded.
     stdout_log = models.TextField(blank=True)
+    #: The end of the job's stderr, as ``stdout_log``.
     stderr_log = models.TextField(blank=True)
+    #: ``stdout_log`` holds only the end of the output.
     stdout_truncated = models.BooleanField(default=False)
+    #: ``stderr_log`` holds only the end of the output.
     stderr_truncated = models.BooleanField(default=False)
+    #: Name of the whole stdout in the ``LOG_STORAGE`` storage (empty: not kept).
     stdout_file = models.CharField(max_length=500, blank=True)
+    #: Name of the whole stderr in the ``LOG_STORAGE`` storage.
     stderr_file = models.CharField(max_length=500, blank=True)
+    #: Highest memory use sampled while the container ran.
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
+    #: CPU time the container used, as last sampled.
     cpu_seconds = models.FloatField(null=True, blank=True)
 
+    #: The worker holding the job (``host:pid:token``); empty when none does.
     worker_id = models.CharField(max_length=200, blank=True)
+    #: When the holder's claim runs out unless renewed.
     lease_expires_at = models.DateTimeField(null=True, blank=True)
+    #: A cancellation was asked for; the holder stops the container.
     cancel_requested = models.BooleanField(default=False)
 
     #: Who submitted the job: ``user:<username>`` (the admin), ``cli:<login>`` (the command
     #: line), or what an API caller says (``submit(submitted_by=...)``).
     submitted_by = models.CharField(max_length=200, blank=True, editable=False)
+    #: When the job was submitted.
     created_at = models.DateTimeField(default=timezone.now, editable=False)
+    #: When its container started (the current attempt's).
     started_at = models.DateTimeField(null=True, blank=True)
+    #: When it ended.
     completed_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -904,21 +965,33 @@ class JobAttempt(models.Model):
     """One launch attempt of a job: where, which container, and how it ended."""
 
     # The (job, number) unique constraint's index serves lookups by job.
+    #: The job this is an attempt of.
     job = models.ForeignKey(
         ContainerJob, on_delete=models.CASCADE, related_name="attempts", db_index=False
     )
+    #: 1 for the first launch, 2 for the first retry, and so on.
     number = models.PositiveIntegerField()
+    #: The host it ran on.
     host = models.ForeignKey(ExecutorHost, on_delete=models.PROTECT, related_name="attempts")
+    #: The worker that launched it.
     worker_id = models.CharField(max_length=200, blank=True)
+    #: The container's name, ``cm-<job id>-<number>``.
     container_name = models.CharField(max_length=200)
+    #: The container (service, Kubernetes Job) id.
     container_id = models.CharField(max_length=128, blank=True)
+    #: How the attempt ended (a ``JobStatus``), or ``running``.
     status = models.CharField(max_length=20, choices=JobStatus.choices, default=JobStatus.LAUNCHING)
+    #: The container's exit code.
     exit_code = models.IntegerField(null=True, blank=True)
+    #: Killed for exceeding its memory limit.
     oom_killed = models.BooleanField(default=False)
+    #: Why it failed (secrets redacted).
     error = models.TextField(blank=True)
     #: The resolved spec the attempt ran with (secrets by name only, no credentials).
     spec = models.JSONField(default=dict, blank=True)
+    #: When the container started.
     started_at = models.DateTimeField(default=timezone.now)
+    #: When the attempt ended.
     finished_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
@@ -944,12 +1017,19 @@ class WorkerHeartbeat(models.Model):
     """A worker process's last sign of life: written when it starts and every
     ``LEASE_SECONDS / 3`` (idle or not), deleted when it exits cleanly."""
 
+    #: The worker's id (``host:pid:token``).
     worker_id = models.CharField(max_length=200, primary_key=True)
+    #: The machine the worker runs on.
     hostname = models.CharField(max_length=255, blank=True)
+    #: The worker's process id there.
     pid = models.PositiveIntegerField(null=True, blank=True)
+    #: Jobs the worker runs at once (``--concurrency``).
     concurrency = models.PositiveIntegerField(default=1)
+    #: Jobs it held at its last heartbeat.
     running_jobs = models.PositiveIntegerField(default=0)
+    #: When the worker started.
     started_at = models.DateTimeField(default=timezone.now)
+    #: Its last heartbeat (every ``LEASE_SECONDS / 3``).
     last_seen = models.DateTimeField(default=timezone.now, db_index=True)
     #: The worker's last fault, written once it is over: "database unreachable since ...".
     degraded = models.CharField(max_length=300, blank=True)
@@ -972,15 +1052,19 @@ class JobTally(models.Model):
     ``seconds`` is the sum of those durations. Rows older than two hours are folded into
     the rows of minute :data:`~container_manager.tally.EPOCH` (the totals before)."""
 
+    #: The minute counted (older rows are folded into one row of totals).
     minute = models.DateTimeField()
     #: The job's host (a plain id, 0: never placed); not a foreign key, so that a host's
     #: totals outlive it.
     host_id = models.BigIntegerField(default=0)
+    #: An ended status (a job ended), or ``running`` (an attempt started).
     status = models.CharField(max_length=20, choices=JobStatus.choices)
     #: Index of the first histogram bound the duration is within; len(bounds): beyond them;
     #: -1: no duration (a job cancelled before it started).
     bucket = models.SmallIntegerField(default=-1)
+    #: Jobs counted.
     count = models.BigIntegerField(default=0)
+    #: Sum of their durations.
     seconds = models.FloatField(default=0.0)
 
     class Meta:

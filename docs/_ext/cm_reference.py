@@ -147,12 +147,17 @@ class ModelFields(Directive):
     def run(self) -> list[nodes.Node]:
         module_name, _, class_name = self.arguments[0].rpartition(".")
         model = getattr(importlib.import_module(module_name), class_name)
+        comments = ModuleAnalyzer.for_module(model.__module__).find_attr_docs()
         rows = []
         for field in model._meta.concrete_fields:
             kind = field.get_internal_type()
             if field.is_relation:
                 kind = f"{kind} to {field.related_model.__name__}"
-            words = str(field.help_text or field.verbose_name)
+            comment = comments.get((class_name, field.name))
+            words = str(field.help_text) or " ".join(line.strip() for line in comment or [])
+            if not words and field.name != "id":
+                raise self.error(f"{class_name}.{field.name} has no help_text and no #: comment")
+            words = words or "The primary key."
             if field.choices and not field.is_relation:
                 words += " One of: " + ", ".join(str(value) for value, _ in field.choices) + "."
             rows.append([_literal(field.name), nodes.Text(kind), _paragraph(nodes.Text(words))])
