@@ -128,7 +128,7 @@ CONTAINER_MANAGER: dict[str, Any] = {
     # The in-package fake engine, for the tests and the demo; never register it in production.
     "EXECUTORS": {"fake": "container_manager.executors.fake.FakeExecutor"},
     # Ended jobs' rows (and attempts, stored output) go after 30 days: a queue running a job
-    # a second keeps about 2.6 million rows then (see the README's "At scale").
+    # a second keeps about 2.6 million rows then (docs/explanation/reaper.md).
     "JOB_RETENTION_DAYS": int(os.environ.get("CONTAINER_MANAGER_RETENTION_DAYS", "30")),
 }
 

@@ -112,8 +112,9 @@ def test_changing_a_host_needs_the_trust_engine_permission(staff, secret_job, ad
 def test_a_projects_get_queryset_restricts_pages_live_view_and_actions(
     client, django_user_model, secret_job, monkeypatch
 ):
-    """The README's recipe: the job admin's get_queryset decides who sees which job, and the
-    job page, its live view and the actions all go through it."""
+    """The recipe of the security docs (docs/explanation/security.md): the job admin's
+    get_queryset decides who sees which job, and the job page, its live view and the actions
+    all go through it."""
     from django.contrib import admin
 
     from container_manager.admin import ContainerJobAdmin
