@@ -8,10 +8,9 @@ worker whose lease was taken over can never overwrite the new owner's record.
 
 from __future__ import annotations
 
-import re
 import shlex
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from datetime import datetime
 from typing import Any, ClassVar
 
@@ -21,443 +20,45 @@ from django.db import models
 from django.db.models import Q
 from django.utils import timezone
 
-from . import compiled
-from .conf import get_settings
-from .environment import (
-    check_reference,
+from .. import compiled
+from ..conf import get_settings
+from ..environment import (
     merge_environments,
     parse_environment,
     parse_secret_environment,
     resolve_reference,
 )
-from .exceptions import ConfigurationError, InvalidJobError, JobStateError
-from .policy import refusals
-from .spec import (
+from ..exceptions import InvalidJobError, JobStateError
+from ..policy import refusals
+from ..spec import (
     MAX_COMMAND_CHARS,
-    MAX_ENVIRONMENT_CHARS,
     MAX_GPUS,
-    MAX_LABEL_VALUE_CHARS,
-    MAX_LABELS,
     MAX_PIDS_LIMIT,
     MAX_SHM_SIZE_MB,
     JobSpec,
     RegistryAuth,
     container_name,
-    image_reference_problem,
     image_registry,
     parse_capabilities,
     parse_entrypoint,
     parse_mounts,
     parse_user,
 )
-
-__all__ = [
-    "ContainerJob",
-    "EnvironmentVariableTemplate",
-    "ExecutorHost",
-    "JobAttempt",
-    "JobStatus",
-    "JobTally",
-    "RegistryCredential",
-    "WorkerHeartbeat",
-]
-
-_ENGINE_URL = re.compile(r"^(unix://(/[^\s]+)|tcp://[A-Za-z0-9.\-\[\]:]+:[0-9]{1,5})$")
-
-
-class JobStatus(models.TextChoices):
-    """The one status type of a job."""
-
-    QUEUED = "queued", "Queued"
-    LAUNCHING = "launching", "Launching"
-    RUNNING = "running", "Running"
-    COMPLETED = "completed", "Completed"
-    FAILED = "failed", "Failed"
-    TIMEOUT = "timeout", "Timed out"
-    CANCELLED = "cancelled", "Cancelled"
-
-    @classmethod
-    def terminal(cls) -> frozenset[JobStatus]:
-        """Statuses a job never leaves on its own."""
-        return frozenset({cls.COMPLETED, cls.FAILED, cls.TIMEOUT, cls.CANCELLED})
-
-    @classmethod
-    def active(cls) -> frozenset[JobStatus]:
-        """Statuses of a job a worker holds (it may have a container on an engine)."""
-        return frozenset({cls.LAUNCHING, cls.RUNNING})
-
-    @property
-    def is_terminal(self) -> bool:
-        return self in JobStatus.terminal()
-
-
-def validate_image_reference(value: str) -> None:
-    """Reject an empty or malformed image reference."""
-    if problem := image_reference_problem(value):
-        raise ValidationError(problem)
-
-
-def validate_engine_url(value: str) -> None:
-    """Accept ``unix:///path/to/socket`` or ``tcp://host:port``."""
-    if not _ENGINE_URL.match(value or ""):
-        raise ValidationError(
-            f"{value!r} is not an engine URL: use unix:///path/to/docker.sock or tcp://host:port."
-        )
-
-
-def validate_environment_text(value: str) -> None:
-    """Reject environment text that is not KEY=VALUE lines (or is over the size cap)."""
-    if len(value or "") > MAX_ENVIRONMENT_CHARS:
-        raise ValidationError(f"At most {MAX_ENVIRONMENT_CHARS} characters.")
-    try:
-        parse_environment(value)
-    except InvalidJobError as err:
-        raise ValidationError(str(err)) from err
-
-
-def validate_command(value: str) -> None:
-    """Reject a command that shlex cannot split (unbalanced quotes), or over the size cap."""
-    if len(value or "") > MAX_COMMAND_CHARS:
-        raise ValidationError(
-            f"At most {MAX_COMMAND_CHARS} characters: pass long input in a mount or the"
-            " environment."
-        )
-    try:
-        shlex.split(value or "")
-    except ValueError as err:
-        raise ValidationError(f"The command cannot be split into arguments: {err}.") from err
-
-
-def validate_labels(value: object) -> str:
-    """'' when ``value`` is a dict of simple string labels, else what is wrong."""
-    if not isinstance(value, dict):
-        return "Labels must be a mapping of name to value."
-    if len(value) > MAX_LABELS:
-        return f"At most {MAX_LABELS} labels."
-    for name, label in value.items():
-        if not isinstance(name, str) or not _LABEL_NAME.fullmatch(name):
-            return "A label name is letters, digits, '.', '-', '_' (at most 63)."
-        if not isinstance(label, str | int | float | bool):
-            return f"Label {name!r} must have a plain value, not {type(label).__name__}."
-        if len(str(label)) > MAX_LABEL_VALUE_CHARS or "\0" in str(label):
-            return f"Label {name!r}: a value is at most {MAX_LABEL_VALUE_CHARS} characters, no NUL."
-    return ""
-
-
-_LABEL_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,62}")
-#: Where a job's working directory may not be: the kernel's views (CVE-2024-21626).
-_FORBIDDEN_WORKDIRS = ("/proc", "/sys", "/dev")
-
-
-def working_directory_error(path: str) -> str:
-    """What is wrong with a working directory ('' when nothing is)."""
-    if not path:
-        return ""
-    parts = path.split("/")
-    if not path.startswith("/") or ".." in parts:
-        return "The working directory must be an absolute path without '..'."
-    if any(path == d or path.startswith(d + "/") for d in _FORBIDDEN_WORKDIRS):
-        return "The working directory cannot be under /proc, /sys or /dev."
-    return ""
-
-
-def nul_errors(instance: models.Model) -> dict[str, str]:
-    """Fields of ``instance`` whose text (or JSON strings) holds a NUL byte, which
-    PostgreSQL cannot store and engines misread."""
-    return {
-        f.name: "Contains a NUL byte."
-        for f in instance._meta.concrete_fields
-        if isinstance(f, models.CharField | models.TextField | models.JSONField)
-        and _has_nul(getattr(instance, f.attname))
-    }
-
-
-def _has_nul(value: object) -> bool:
-    if isinstance(value, str):
-        return "\0" in value
-    if isinstance(value, dict):
-        return any(_has_nul(k) or _has_nul(v) for k, v in value.items())
-    if isinstance(value, list | tuple):
-        return any(_has_nul(v) for v in value)
-    return False
-
-
-#: The range of a job's priority (Django's Tasks framework uses the same).
-PRIORITY_MIN, PRIORITY_MAX = -100, 100
-
-_REGISTRY = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9.-]*[A-Za-z0-9])?(?::[0-9]{1,5})?")
-
-
-def _reference_validator(value: str) -> None:
-    try:
-        check_reference(value)
-    except InvalidJobError as err:
-        raise ValidationError(f"{err}.") from None
-
-
-_NETWORK = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,199}")
-
-
-def _is_text_list(value: object) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-def parse_labels(items: Sequence[str]) -> dict[str, str]:
-    """``["gpu", "region=eu"]`` -> ``{"gpu": "true", "region": "eu"}``."""
-    labels: dict[str, str] = {}
-    for item in items:
-        name, sep, value = item.partition("=")
-        labels[name.strip()] = value.strip() if sep else "true"
-    return labels
-
-
-class ExecutorHost(models.Model):
-    """A container engine the app can run jobs on."""
-
-    #: Unique name the host is known by (commands, admin, jobs' ``host``).
-    name = models.CharField(max_length=100, unique=True)
-    connection_string = models.CharField(
-        "engine URL",
-        max_length=500,
-        blank=True,
-        help_text="unix:///var/run/docker.sock or tcp://host:2376 (checked by the host's executor)",
-    )
-    executor_type = models.CharField(
-        max_length=50, default="docker", help_text="Alias of the executor in CONTAINER_MANAGER"
-    )
-    #: Connect to a ``tcp://`` engine with TLS.
-    tls_enabled = models.BooleanField(default=False)
-    insecure_tcp = models.BooleanField(
-        "plain TCP (no TLS)",
-        default=False,
-        help_text="Allow tcp:// without TLS: jobs' environment crosses the network in the clear",
-    )
-    #: Check the engine's certificate against ``tls_ca_cert`` (off only for tests).
-    tls_verify = models.BooleanField(default=True)
-    #: Path, on the worker's machine, of the CA certificate that signed the engine's.
-    tls_ca_cert = models.CharField("CA certificate path", max_length=500, blank=True)
-    #: Path of the client certificate the worker presents.
-    tls_client_cert = models.CharField("client certificate path", max_length=500, blank=True)
-    #: Path of the client certificate's key (only the path is stored).
-    tls_client_key = models.CharField("client key path", max_length=500, blank=True)
-    #: Pull an image the engine does not have; off: such a job fails its launch.
-    auto_pull_images = models.BooleanField(default=True)
-    #: Jobs running on this host at once, counted across all workers.
-    max_concurrent_jobs = models.PositiveIntegerField(
-        default=10, validators=[MinValueValidator(1), MaxValueValidator(10_000)]
-    )
-    #: Share of open jobs: the least loaded relative to its weight takes the next one.
-    weight = models.PositiveIntegerField(
-        default=100, validators=[MinValueValidator(1), MaxValueValidator(1000)]
-    )
-    is_active = models.BooleanField(
-        default=True, help_text="Takes new jobs (off: drained; running jobs finish)"
-    )
-    start_timeout = models.PositiveIntegerField(
-        "start timeout (s)",
-        null=True,
-        blank=True,
-        validators=[MinValueValidator(1)],
-        help_text="Seconds a launch may take to reach running, pulls included (empty: the"
-        " START_TIMEOUT setting)",
-    )
-    labels = models.JSONField(
-        default=dict, blank=True, help_text='Placement labels, e.g. {"gpu": "true", "region": "eu"}'
-    )
-    # ---- policy: what a job may ask for on this host (nothing beyond the defaults) ----
-    allowed_bind_prefixes = models.JSONField(
-        default=list, blank=True, help_text='Host paths jobs may bind-mount, e.g. ["/srv/data"]'
-    )
-    allowed_networks = models.JSONField(
-        default=list, blank=True, help_text='Networks jobs may name, e.g. ["backend"]'
-    )
-    default_network = models.CharField(
-        max_length=200, blank=True, help_text="Network of jobs that name none (empty: NETWORK_MODE)"
-    )
-    allow_root = models.BooleanField(default=False, help_text="Jobs may set user 0 (root)")
-    allow_privileged = models.BooleanField(default=False, help_text="Jobs may run privileged")
-    allowed_capabilities = models.JSONField(
-        default=list, blank=True, help_text='Capabilities jobs may add, e.g. ["NET_ADMIN"]'
-    )
-    gpus = models.PositiveIntegerField("GPUs", default=0, help_text="GPUs jobs may ask for")
-    # ---- capacity, read from the engine at each health check ----
-    #: CPUs of the engine, read at each health check; jobs asking more are refused.
-    cpu_capacity = models.FloatField("CPUs", null=True, blank=True, editable=False)
-    #: Memory of the engine in MB, read at each health check.
-    memory_capacity_mb = models.PositiveIntegerField(
-        "memory (MB)", null=True, blank=True, editable=False
-    )
-    #: When the last health check ran (empty: never, or a check was asked for).
-    last_health_check = models.DateTimeField(null=True, blank=True)
-    #: When a health check last succeeded.
-    last_healthy_at = models.DateTimeField(null=True, blank=True)
-    #: Consecutive failed health checks (``UNHEALTHY_AFTER`` of them: no new jobs).
-    health_check_failures = models.PositiveIntegerField(default=0)
-    #: Why the last failed health check failed.
-    last_health_error = models.TextField(blank=True)
-    #: When the host was registered.
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering: ClassVar = ["name"]
-        permissions: ClassVar = [
-            (
-                "trust_engine",
-                "Can point a host at an engine (that engine receives every placed job's"
-                " environment)",
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.connection_string})"
-
-    def clean(self) -> None:
-        from .executors import executor_class
-
-        errors: dict[str, str] = {}
-        try:
-            executor = executor_class(self.executor_type)
-        except ConfigurationError:
-            aliases = set(get_settings().EXECUTORS)
-            errors["executor_type"] = (
-                f"Unknown executor {self.executor_type!r}; registered: "
-                f"{', '.join(sorted(aliases))}."
-            )
-        else:
-            errors.update(executor.validate_host(self))
-        if label_error := validate_labels(self.labels):
-            errors["labels"] = label_error
-        errors.update(self._policy_errors())
-        errors.update(nul_errors(self))
-        if errors:
-            raise ValidationError(errors)
-
-    def _policy_errors(self) -> dict[str, str]:
-        errors: dict[str, str] = {}
-        prefixes = self.allowed_bind_prefixes
-        if not _is_text_list(prefixes) or not all(
-            p.startswith("/") and ".." not in p.split("/") and "\0" not in p for p in prefixes
-        ):
-            errors["allowed_bind_prefixes"] = "A list of absolute host paths without '..'."
-        if not _is_text_list(self.allowed_networks) or not all(
-            _NETWORK.fullmatch(n) for n in self.allowed_networks
-        ):
-            errors["allowed_networks"] = "A list of network names."
-        if self.default_network and not _NETWORK.fullmatch(self.default_network):
-            errors["default_network"] = "Not a network name."
-        try:
-            parse_capabilities(self.allowed_capabilities)
-        except InvalidJobError as err:
-            errors["allowed_capabilities"] = f"{err}."
-        return errors
-
-    def allows_network(self, network: str) -> bool:
-        """Whether a job may name ``network`` on this host."""
-        return network in {"none", self.default_network, *(self.allowed_networks or [])}
-
-    def allows_bind(self, source: str) -> bool:
-        """Whether ``source`` lies under one of the allowed bind prefixes."""
-        path = source.rstrip("/") or "/"
-        for prefix in self.allowed_bind_prefixes or []:
-            base = prefix.rstrip("/") or "/"
-            if path == base or path.startswith(base if base == "/" else base + "/"):
-                return True
-        return False
-
-    def request_health_check(self) -> None:
-        """Have the workers check this host at their next health pass, even if inactive."""
-        ExecutorHost.objects.filter(pk=self.pk).update(last_health_check=None)
-        self.last_health_check = None
-
-    def record_health(
-        self, healthy: bool, error: str = "", capacity: tuple[float, int] | None = None
-    ) -> None:
-        """Record the outcome of a health check (and the engine's CPUs and memory in MB)."""
-        self.last_health_check = timezone.now()
-        self.health_check_failures = 0 if healthy else self.health_check_failures + 1
-        self.last_health_error = "" if healthy else error
-        fields = ["last_health_check", "health_check_failures", "last_health_error"]
-        if capacity is not None:
-            self.cpu_capacity, self.memory_capacity_mb = capacity
-            fields += ["cpu_capacity", "memory_capacity_mb"]
-        if healthy:
-            self.last_healthy_at = self.last_health_check
-            fields.append("last_healthy_at")
-        self.save(update_fields=fields)
-
-    @property
-    def is_healthy(self) -> bool:
-        """Fewer consecutive failed checks than UNHEALTHY_AFTER."""
-        return self.health_check_failures < get_settings().UNHEALTHY_AFTER
-
-    def effective_labels(self) -> dict[str, str]:
-        """The host's labels plus ``executor=<alias>``, as placement sees them."""
-        return {
-            **{str(k): str(v) for k, v in (self.labels or {}).items()},
-            "executor": self.executor_type,
-        }
-
-
-class EnvironmentVariableTemplate(models.Model):
-    """Named KEY=VALUE lines that jobs can share; a job's own lines win."""
-
-    #: Unique name jobs refer to it by.
-    name = models.CharField(max_length=100, unique=True)
-    #: What it is for.
-    description = models.TextField(blank=True)
-    environment_variables = models.TextField(
-        blank=True, validators=[validate_environment_text], help_text="KEY=VALUE, one per line"
-    )
-    #: When it was created.
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering: ClassVar = ["name"]
-
-    def __str__(self) -> str:
-        return self.name
-
-    def clean(self) -> None:
-        if errors := nul_errors(self):
-            raise ValidationError(errors)
-
-
-class RegistryCredential(models.Model):
-    """How to log in to a private registry. The password is a reference (``env:VAR`` or
-    ``file:/path``) that the worker resolves at launch: the database never holds it."""
-
-    #: Unique name jobs refer to it by.
-    name = models.CharField(max_length=100, unique=True)
-    registry = models.CharField(
-        max_length=255, unique=True, help_text="Registry host[:port], e.g. registry.example.com"
-    )
-    #: The registry user.
-    username = models.CharField(max_length=255)
-    password_reference = models.CharField(
-        max_length=500,
-        validators=[_reference_validator],
-        help_text="env:VARIABLE or file:/path, read by the worker; never the password itself",
-    )
-    #: When it was created.
-    created_at = models.DateTimeField(auto_now_add=True)
-
-    class Meta:
-        ordering: ClassVar = ["name"]
-
-    def __str__(self) -> str:
-        return f"{self.name} ({self.username}@{self.registry})"
-
-    def clean(self) -> None:
-        errors = nul_errors(self)
-        if not _REGISTRY.fullmatch(self.registry or ""):
-            errors["registry"] = "A registry host[:port], such as ghcr.io."
-        if errors:
-            raise ValidationError(errors)
-
-    @classmethod
-    def for_image(cls, image: str) -> RegistryCredential | None:
-        """The credential of the registry ``image`` names, if one is registered."""
-        return cls.objects.filter(registry=image_registry(image)).first()
+from .hosts import EnvironmentVariableTemplate, ExecutorHost, RegistryCredential
+from .status import JobStatus
+from .validators import (
+    NETWORK_NAME,
+    PRIORITY_MAX,
+    PRIORITY_MIN,
+    nul_errors,
+    validate_command,
+    validate_environment_text,
+    validate_image_reference,
+    validate_labels,
+    working_directory_error,
+)
+
+__all__ = ["ContainerJob", "JobAttempt"]
 
 
 class ContainerJob(models.Model):
@@ -758,7 +359,7 @@ class ContainerJob(models.Model):
             value = getattr(self, name)
             if value is not None and not 1 <= value <= ceiling:
                 errors[name] = f"Must be between 1 and {ceiling}."
-        if self.network and not _NETWORK.fullmatch(self.network):
+        if self.network and not NETWORK_NAME.fullmatch(self.network):
             errors["network"] = "Not a network name."
         credential = self.registry_credential if self.registry_credential_id else None
         if credential is not None and credential.registry != image_registry(self.docker_image):
@@ -1011,68 +612,3 @@ class JobAttempt(models.Model):
         fields.setdefault("host", job.docker_host)
         fields.setdefault("worker_id", job.worker_id)
         return cls(job=job, number=number, container_name=container_name(job.pk, number), **fields)
-
-
-class WorkerHeartbeat(models.Model):
-    """A worker process's last sign of life: written when it starts and every
-    ``LEASE_SECONDS / 3`` (idle or not), deleted when it exits cleanly."""
-
-    #: The worker's id (``host:pid:token``).
-    worker_id = models.CharField(max_length=200, primary_key=True)
-    #: The machine the worker runs on.
-    hostname = models.CharField(max_length=255, blank=True)
-    #: The worker's process id there.
-    pid = models.PositiveIntegerField(null=True, blank=True)
-    #: Jobs the worker runs at once (``--concurrency``).
-    concurrency = models.PositiveIntegerField(default=1)
-    #: Jobs it held at its last heartbeat.
-    running_jobs = models.PositiveIntegerField(default=0)
-    #: When the worker started.
-    started_at = models.DateTimeField(default=timezone.now)
-    #: Its last heartbeat (every ``LEASE_SECONDS / 3``).
-    last_seen = models.DateTimeField(default=timezone.now, db_index=True)
-    #: The worker's last fault, written once it is over: "database unreachable since ...".
-    degraded = models.CharField(max_length=300, blank=True)
-
-    class Meta:
-        ordering: ClassVar = ["worker_id"]
-
-    def __str__(self) -> str:
-        return f"{self.worker_id} ({self.running_jobs}/{self.concurrency})"
-
-
-class JobTally(models.Model):
-    """How many jobs reached a status, per minute, host and histogram bucket: written by a
-    database trigger in the statement that changes a job's status (so every path counts,
-    in the same transaction), read by the overview and the metrics instead of counting
-    history. See :mod:`container_manager.tally`.
-
-    ``status`` is a terminal status (a job ended: ``bucket`` is its run time's histogram
-    bucket) or ``running`` (an attempt started: ``bucket`` is its launch latency's).
-    ``seconds`` is the sum of those durations. Rows older than two hours are folded into
-    the rows of minute :data:`~container_manager.tally.EPOCH` (the totals before)."""
-
-    #: The minute counted (older rows are folded into one row of totals).
-    minute = models.DateTimeField()
-    #: The job's host (a plain id, 0: never placed); not a foreign key, so that a host's
-    #: totals outlive it.
-    host_id = models.BigIntegerField(default=0)
-    #: An ended status (a job ended), or ``running`` (an attempt started).
-    status = models.CharField(max_length=20, choices=JobStatus.choices)
-    #: Index of the first histogram bound the duration is within; len(bounds): beyond them;
-    #: -1: no duration (a job cancelled before it started).
-    bucket = models.SmallIntegerField(default=-1)
-    #: Jobs counted.
-    count = models.BigIntegerField(default=0)
-    #: Sum of their durations.
-    seconds = models.FloatField(default=0.0)
-
-    class Meta:
-        constraints: ClassVar = [
-            models.UniqueConstraint(
-                fields=["minute", "host_id", "status", "bucket"], name="cm_tally_key"
-            )
-        ]
-
-    def __str__(self) -> str:
-        return f"{self.minute:%Y-%m-%d %H:%M} host {self.host_id} {self.status}: {self.count}"
