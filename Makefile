@@ -28,7 +28,7 @@ PG_URL      ?= postgres://postgres@$(PG_HOST):$(PG_PORT)/test
 TEST_IMAGE  := container-jobs/busybox:latest
 COV_GATE    ?= 90
 DOCKER_GATE ?= 95
-DOCKER_FILES := container_manager/executors/docker.py,container_manager/executors/docker_spec.py,container_manager/executors/docker_logs.py,container_manager/docker_service.py
+DOCKER_FILES := container_manager/executors/docker.py,container_manager/executors/docker_errors.py,container_manager/executors/docker_spec.py,container_manager/executors/docker_logs.py,container_manager/docker_service.py
 
 # The test suite reads the engine URL from here.
 export CONTAINER_JOBS_TEST_ENGINE := $(ENGINE_URL)

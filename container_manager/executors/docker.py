@@ -8,7 +8,6 @@ needs it, and is kept for the life of the executor (one pooled client per host p
 from __future__ import annotations
 
 import json
-import re
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
@@ -17,7 +16,6 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 import docker
 import requests
-import urllib3
 from docker.utils import parse_repository_tag
 from docker.utils.utils import parse_host
 
@@ -30,16 +28,24 @@ from ..exceptions import (
     ExecutorError,
     ImageAccessDeniedError,
     ImageUnavailableError,
-    SpecRefusedError,
 )
 from ..spec import (
     SPEC_FIELDS,
     JobSource,
     RegistryAuth,
     image_reference_problem,
-    image_registry,
 )
 from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream
+from .docker_errors import (
+    api_error,
+    denied_message,
+    engine_message,
+    is_read_timeout,
+    parse_time,
+    raise_for_status,
+    redact,
+    registry_refusal,
+)
 from .docker_logs import READ_SIZE, followed_frames, frames
 from .docker_spec import create_kwargs
 
@@ -50,49 +56,6 @@ if TYPE_CHECKING:
 __all__ = ["DockerExecutor"]
 
 _STARTED = frozenset({"running", "paused", "restarting", "exited", "dead", "removing"})
-
-
-def _engine_message(err: BaseException) -> str:
-    """The engine's own words for an SDK error, without the HTTP wrapping."""
-    explanation = getattr(err, "explanation", None)
-    if explanation:
-        return explanation.decode() if isinstance(explanation, bytes) else str(explanation)
-    return str(err) or type(err).__name__
-
-
-def _is_read_timeout(err: BaseException) -> bool:
-    if isinstance(err, requests.exceptions.ReadTimeout):
-        return True
-    return any(isinstance(arg, urllib3.exceptions.ReadTimeoutError) for arg in err.args)
-
-
-def _raise_for_status(response: requests.Response) -> None:
-    """An engine error answer as the SDK's own error (NotFound for a 404, and so on)."""
-    try:
-        response.raise_for_status()
-    except requests.exceptions.HTTPError as err:
-        raise docker.errors.create_api_error_from_http_exception(err) from err
-
-
-def _api_error(action: str, err: docker.errors.APIError) -> ExecutorError:
-    """The app's error for an engine's error answer, by its status code."""
-    message, status = f"{action}: {_engine_message(err)}", err.status_code
-    kind: type[ExecutorError] = ExecutorError
-    if isinstance(err, docker.errors.ImageNotFound):
-        kind = ImageUnavailableError
-    elif isinstance(err, docker.errors.NotFound):
-        kind = ContainerNotFoundError
-    elif status == 400:
-        kind = SpecRefusedError
-    return kind(message, status_code=status)
-
-
-def _parse_time(value: str | None) -> datetime | None:
-    if not value or value.startswith("0001-"):
-        return None
-    # Engine times carry nanoseconds: 2024-01-01T10:00:00.123456789Z
-    head, _, rest = value.rstrip("Z").partition(".")
-    return datetime.fromisoformat(f"{head}.{(rest + '000000')[:6]}+00:00")
 
 
 class DockerExecutor(BaseExecutor):
@@ -126,17 +89,17 @@ class DockerExecutor(BaseExecutor):
         except ContainerManagerError:
             raise
         except docker.errors.APIError as err:
-            raise _api_error(action, err) from err
+            raise api_error(action, err) from err
         except (
             requests.exceptions.RequestException,
             docker.errors.DockerException,
             OSError,
         ) as err:
             raise ExecutorConnectionError(
-                f"{action}: cannot reach the engine at {self.base_url}: {_engine_message(err)}"
+                f"{action}: cannot reach the engine at {self.base_url}: {engine_message(err)}"
             ) from err
         except Exception as err:  # the SDK edge: anything else it may raise
-            raise ExecutorError(f"{action}: {_engine_message(err)}") from err
+            raise ExecutorError(f"{action}: {engine_message(err)}") from err
 
     @property
     def client(self) -> docker.DockerClient:
@@ -300,60 +263,13 @@ class DockerExecutor(BaseExecutor):
         except ExecutorConnectionError:
             raise
         except ExecutorError as err:
-            refusal = self._refusal(err.__cause__)
+            refusal = registry_refusal(err.__cause__)
             if refusal is not None:
-                raise ImageAccessDeniedError(self._denied(image, auth, refusal)) from err
+                raise ImageAccessDeniedError(denied_message(image, auth, refusal)) from err
             raise ImageUnavailableError(
-                self._redact(
-                    f"Image {image!r} is not on the host and could not be pulled: {err}", auth
-                )
+                redact(f"Image {image!r} is not on the host and could not be pulled: {err}", auth)
             ) from err
         return True
-
-    # What this engine (docker 20.10, API 1.41) answers a pull from a registry with htpasswd
-    # auth (distribution 2.8), seen for real: a wrong password (or user) is a 500 with
-    # "unauthorized: authentication required"; no credential a 500 with 'Head
-    # "http://127.0.0.1:5555/v2/cm-test/busybox/manifests/TAG": no basic auth credentials'.
-    # An unreachable registry is a 500 as well ('Get "http://127.0.0.1:5556/v2/": dial tcp
-    # 127.0.0.1:5556: connect: connection refused'), a missing tag or repository a 404
-    # (NotFound). So the status code decides where it can (a 401 or 403 is a refusal; a 404
-    # never is); a 500 is a refusal only when it carries the registry's error code
-    # (``unauthorized:``, ``denied:``: the distribution spec's codes as the engine prints
-    # them) or the engine's own "no basic auth credentials".
-    _REFUSED_STATUS: ClassVar[frozenset[int]] = frozenset({401, 403})
-    _REFUSAL: ClassVar[re.Pattern[str]] = re.compile(
-        r"\b(?:unauthorized|denied): |no basic auth credentials"
-    )
-
-    @classmethod
-    def _refusal(cls, err: BaseException | None) -> str | None:
-        """The registry's words when the SDK error ``err`` is a refusal of access, else None."""
-        status = getattr(err, "status_code", None)
-        if err is None or status is None:
-            return None
-        message = _engine_message(err)
-        if status in cls._REFUSED_STATUS or (status == 500 and cls._REFUSAL.search(message)):
-            return message
-        return None
-
-    @staticmethod
-    def _redact(text: str, auth: RegistryAuth | None) -> str:
-        """``text`` without the password, should an engine or registry ever echo it."""
-        return text.replace(auth.password, "***") if auth and auth.password else text
-
-    @classmethod
-    def _denied(cls, image: str, auth: RegistryAuth | None, refusal: str) -> str:
-        registry = image_registry(image)
-        if auth is None:
-            return (
-                f"Image {image!r} could not be pulled: no registry credential is registered"
-                f" for {registry} (the registry answered: {refusal})"
-            )
-        return cls._redact(
-            f"Image {image!r} could not be pulled: the registry {registry} refused the"
-            f" credentials of user {auth.username!r}: {refusal}",
-            auth,
-        )
 
     # ---- watching and harvesting ------------------------------------------------------
 
@@ -362,7 +278,7 @@ class DockerExecutor(BaseExecutor):
             try:
                 result = self.client.api.wait(container_id, timeout=timeout)
             except requests.exceptions.RequestException as err:
-                if _is_read_timeout(err):
+                if is_read_timeout(err):
                     return None
                 raise
         return int(result["StatusCode"])
@@ -376,8 +292,8 @@ class DockerExecutor(BaseExecutor):
             exit_code=state.get("ExitCode") if status in {"exited", "dead"} else None,
             oom_killed=bool(state.get("OOMKilled")),
             error=state.get("Error") or "",
-            started_at=_parse_time(state.get("StartedAt")),
-            finished_at=_parse_time(state.get("FinishedAt")),
+            started_at=parse_time(state.get("StartedAt")),
+            finished_at=parse_time(state.get("FinishedAt")),
         )
 
     def iter_output(self, container_id: str, stream: Stream) -> Iterator[bytes]:
@@ -416,7 +332,7 @@ class DockerExecutor(BaseExecutor):
             url = api._url(f"/{self.runs_as}s/{{0}}/logs", container_id)
             response = api._get(url, params=params, stream=True, timeout=timeout)
             try:
-                _raise_for_status(response)
+                raise_for_status(response)
                 chunks = response.iter_content(READ_SIZE)
                 yield from (followed_frames if follow else frames)(chunks)
             finally:
@@ -532,7 +448,7 @@ class DockerExecutor(BaseExecutor):
                     stream=True,
                     timeout=(self.timeout, watch),
                 )
-                _raise_for_status(stream)
+                raise_for_status(stream)
         except ExecutorConnectionError:
             return True
         try:
@@ -559,7 +475,7 @@ class DockerExecutor(BaseExecutor):
             for _ in stream.iter_content(1024):
                 pass
         except requests.exceptions.RequestException as err:
-            return not _is_read_timeout(err)
+            return not is_read_timeout(err)
         return True
 
     def list_containers(self) -> list[dict[str, Any]]:
@@ -580,7 +496,7 @@ class DockerExecutor(BaseExecutor):
                 "status": c.status,
                 "labels": dict(c.labels),
                 "image": (c.attrs.get("Config") or {}).get("Image", ""),
-                "finished_at": _parse_time((c.attrs.get("State") or {}).get("FinishedAt")),
+                "finished_at": parse_time((c.attrs.get("State") or {}).get("FinishedAt")),
             }
             for c in containers
         ]

@@ -65,7 +65,8 @@ from ..exceptions import (
 from ..spec import JobSource
 from . import swarm_spec
 from .base import LABEL_MANAGED, ContainerState, JobSpec, Stream, no_usage
-from .docker import DockerExecutor, _parse_time
+from .docker import DockerExecutor
+from .docker_errors import parse_time
 from .docker_spec import engine_log_config
 
 __all__ = ["SwarmExecutor", "swarm_constraint"]
@@ -162,7 +163,7 @@ def _launch_error(task: Task) -> str:
 
 
 def _created(task: Task) -> datetime:
-    return _parse_time(task.get("CreatedAt")) or datetime.min.replace(tzinfo=UTC)
+    return parse_time(task.get("CreatedAt")) or datetime.min.replace(tzinfo=UTC)
 
 
 class SwarmExecutor(DockerExecutor):
@@ -361,8 +362,8 @@ class SwarmExecutor(DockerExecutor):
             exit_code=_exit_code(task),
             oom_killed=bool(container.get("OOMKilled")),
             error=_task_error(task),
-            started_at=_parse_time(container.get("StartedAt")),
-            finished_at=_parse_time(task["Status"].get("Timestamp")),
+            started_at=parse_time(container.get("StartedAt")),
+            finished_at=parse_time(task["Status"].get("Timestamp")),
         )
 
     def iter_output(self, container_id: str, stream: Stream) -> Iterator[bytes]:
@@ -477,7 +478,7 @@ class SwarmExecutor(DockerExecutor):
         image = str(((spec.get("TaskTemplate") or {}).get("ContainerSpec") or {}).get("Image", ""))
         finished = None
         if task is not None and _is_terminal(task):
-            finished = _parse_time(task["Status"].get("Timestamp"))
+            finished = parse_time(task["Status"].get("Timestamp"))
         return {
             "id": service["ID"],
             "name": spec.get("Name", ""),
