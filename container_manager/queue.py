@@ -8,42 +8,29 @@ takes the write lock up front (``transaction_mode=IMMEDIATE``), which serialises
 
 from __future__ import annotations
 
-import functools
-import inspect
 import random
-import shlex
-import uuid
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
-from contextvars import ContextVar
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, ParamSpec, cast
+from typing import Any
 
 from django.core.exceptions import ValidationError
-from django.db import connection, models, transaction
+from django.db import connection, transaction
 from django.db.models import Count, Q, QuerySet
 from django.utils import timezone
 
+from .bulk import BulkSubmission, submit_many
 from .compiled import fetch, update
-from .conf import fixed_settings, get_settings
-from .environment import format_environment
-from .exceptions import BulkSubmitError, ConfigurationError, InvalidJobError, JobStateError
+from .conf import get_settings
+from .exceptions import ConfigurationError, InvalidJobError, JobStateError
 from .executors import executor_class
 from .health import healthy_hosts
-from .models import (
-    ContainerJob,
-    EnvironmentVariableTemplate,
-    ExecutorHost,
-    JobAttempt,
-    JobStatus,
-    RegistryCredential,
-    parse_labels,
-)
-from .notify import notify_new_job
+from .models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
 from .placement import HostRoom, OpenJob, choose_host
 from .policy import refusal_text, refusals
-from .signals import job_finished, job_queued, send
-from .spec import SPEC_FIELDS, image_registry, parse_mounts
+from .signals import job_finished, send
+from .spec import SPEC_FIELDS
+from .submission import prepare, queued, resolve_host, submit
 
 __all__ = [
     "BulkSubmission",
@@ -58,337 +45,6 @@ __all__ = [
     "submit",
     "submit_many",
 ]
-
-
-def resolve_host(host: ExecutorHost | str | int) -> ExecutorHost:
-    """An ExecutorHost from an instance, a name or a primary key; a clear error otherwise."""
-    if isinstance(host, ExecutorHost):
-        return host
-    lookup = Q(name=host) | (Q(pk=host) if str(host).isdigit() else Q())
-    found = ExecutorHost.objects.filter(lookup).first()
-    if found is None:
-        known = ", ".join(ExecutorHost.objects.values_list("name", flat=True)) or "none registered"
-        raise InvalidJobError(f"Unknown host {host!r} (known hosts: {known})")
-    return found
-
-
-def _validation_message(err: ValidationError) -> str:
-    if hasattr(err, "message_dict"):
-        return "; ".join(f"{field}: {' '.join(msgs)}" for field, msgs in err.message_dict.items())
-    return " ".join(err.messages)
-
-
-def prepare(
-    *,
-    image: str,
-    host: ExecutorHost | str | int | None = None,
-    labels: Mapping[str, str] | Sequence[str] | None = None,
-    command: str | Sequence[str] = "",
-    name: str = "",
-    environment: Mapping[str, str] | str | None = None,
-    template: EnvironmentVariableTemplate | str | None = None,
-    memory_limit: int | None = None,
-    cpu_limit: float | None = None,
-    timeout_seconds: int | None = None,
-    priority: int = 0,
-    max_retries: int = 0,
-    retry_on_failure: bool = False,
-    run_after: datetime | None = None,
-    working_directory: str = "",
-    entrypoint: Sequence[str] | None = None,
-    user: str = "",
-    mounts: Sequence[str | Mapping[str, Any]] | None = None,
-    network: str = "",
-    secret_environment: Mapping[str, str] | None = None,
-    registry_credential: RegistryCredential | str | None = None,
-    gpus: int | None = None,
-    shm_size_mb: int | None = None,
-    pids_limit: int | None = None,
-    read_only_rootfs: bool = False,
-    cap_add: Sequence[str] = (),
-    cap_drop: Sequence[str] = (),
-    privileged: bool = False,
-    job_id: uuid.UUID | None = None,
-    submitted_by: str = "",
-) -> ContainerJob:
-    """Validate a job; returns it, unsaved (:func:`submit` saves and queues it, and
-    :func:`submit_many` many at once). Bad input raises InvalidJobError.
-
-    ``host`` names the engine host; without it the queue places the job on a fitting host
-    (one carrying every label in ``labels``: ``{"gpu": "true"}`` or ``["gpu", "region=eu"]``).
-
-    ``command`` is a string split with shlex, or an argv list (no shell either way unless
-    you write one, e.g. ``["sh", "-c", "..."]``).
-
-    The container spec: ``entrypoint`` (a list), ``user`` (``"UID[:GID]"``), ``mounts``
-    (``{"type": "volume", "source": "data", "target": "/data"}`` or
-    ``"volume:data:/data"``, ``"bind:/srv/in:/in:ro"``, ``"tmpfs:/scratch:64"``),
-    ``network``, ``secret_environment`` (``{"TOKEN": "env:API_TOKEN"}``: resolved by the
-    worker, never stored), ``registry_credential`` (a RegistryCredential or its name;
-    default: the one registered for the image's registry), ``gpus``, ``shm_size_mb``,
-    ``pids_limit``, ``read_only_rootfs``, ``cap_add``, ``cap_drop``, ``privileged``. What the
-    host's policy or executor does not allow is refused, naming the field.
-
-    ``submitted_by`` records who submitted it (``user:NAME``, ``cli:LOGIN``, or what an
-    API caller says; at most 200 characters).
-
-    ``job_id`` sets the new job's id (default: a fresh one), for a caller that must name
-    the job in its own command (the Tasks backend).
-    """
-    if isinstance(template, str):
-        template = cast(EnvironmentVariableTemplate, _looked_up("template", template, _template))
-    job = ContainerJob(
-        id=job_id or uuid.uuid4(),
-        docker_host=_looked_up("host", str(host), lambda _: resolve_host(host))
-        if host is not None
-        else None,
-        required_labels=dict(labels) if isinstance(labels, Mapping) else parse_labels(labels or []),
-        name=name,
-        docker_image=image,
-        command=command if isinstance(command, str) else shlex.join(command),
-        override_environment=(
-            environment if isinstance(environment, str) else format_environment(environment or {})
-        ),
-        environment_template=template,
-        memory_limit=memory_limit,
-        cpu_limit=cpu_limit,
-        timeout_seconds=timeout_seconds,
-        priority=priority,
-        max_retries=max_retries,
-        retry_on_failure=retry_on_failure,
-        run_after=run_after,
-        working_directory=working_directory,
-        entrypoint=list(entrypoint) if entrypoint is not None else [],
-        user=user,
-        mounts=_mount_dicts(mounts),
-        network=network,
-        secret_environment=dict(secret_environment or {}),
-        registry_credential=_looked_up(
-            "credential",
-            (registry_credential, image_registry(image)),
-            lambda _: _credential(registry_credential, image),
-        ),
-        gpus=gpus,
-        shm_size_mb=shm_size_mb,
-        pids_limit=pids_limit,
-        read_only_rootfs=read_only_rootfs,
-        cap_add=list(cap_add),
-        cap_drop=list(cap_drop),
-        privileged=privileged,
-        submitted_by=submitted_by[:200],
-    )
-    bulk = _bulk.get() is not None
-    try:
-        # Many at once (submit_many), the ids are checked together, and the rows the job
-        # names were read by this call: not one query for each.
-        job.full_clean(exclude=_FOREIGN_KEYS if bulk else None, validate_unique=not bulk)
-    except ValidationError as err:
-        raise InvalidJobError(f"Invalid job: {_validation_message(err)}") from err
-    return job
-
-
-P = ParamSpec("P")
-
-
-def _saved(build: Callable[P, ContainerJob]) -> Callable[P, ContainerJob]:
-    @functools.wraps(build)
-    def submit(*args: P.args, **kwargs: P.kwargs) -> ContainerJob:
-        job = build(*args, **kwargs)
-        job.save()
-        _queued(job)
-        return job
-
-    submit.__doc__ = (
-        "Validate and queue a job; returns the saved job. Bad input raises InvalidJobError."
-        f"\n\nThe keywords are :func:`prepare`'s:\n\n{inspect.cleandoc(build.__doc__ or '')}"
-    )
-    return submit
-
-
-submit = _saved(prepare)
-
-#: While submit_many validates: the rows its jobs name (hosts, templates, credentials), read
-#: once for all of them.
-_bulk: ContextVar[dict[tuple[str, Hashable], Any] | None] = ContextVar("_bulk", default=None)
-_MISSING = object()
-_FOREIGN_KEYS = ("docker_host", "environment_template", "registry_credential")
-
-
-def _looked_up(kind: str, key: Hashable, load: Callable[[Any], Any]) -> Any:
-    """``load(key)``, remembered for the rest of a submit_many call."""
-    cache = _bulk.get()
-    if cache is None:
-        return load(key)
-    found = cache.get((kind, key), _MISSING)
-    if found is _MISSING:
-        found = cache[kind, key] = load(key)
-    return found
-
-
-def _template(name: str) -> EnvironmentVariableTemplate:
-    return EnvironmentVariableTemplate.objects.filter(name=name).first() or _no_template(name)
-
-
-def _mount_dicts(mounts: Sequence[str | Mapping[str, Any]] | None) -> Any:
-    """Mounts in their stored (dict) form; left as given when malformed, for full_clean to
-    name the field."""
-    try:
-        return [m.as_dict() for m in parse_mounts(mounts)]
-    except InvalidJobError:
-        return list(mounts) if isinstance(mounts, list | tuple) else mounts
-
-
-def _credential(
-    credential: RegistryCredential | str | None, image: str
-) -> RegistryCredential | None:
-    if isinstance(credential, RegistryCredential):
-        return credential
-    if credential:
-        found = RegistryCredential.objects.filter(name=credential).first()
-        if found is None:
-            raise InvalidJobError(f"Invalid job: registry_credential: no credential {credential!r}")
-        return found
-    return RegistryCredential.for_image(image)
-
-
-def _queued(job: ContainerJob) -> None:
-    notify_new_job()
-    transaction.on_commit(lambda: send(job_queued, job))
-
-
-def _no_template(name: str) -> EnvironmentVariableTemplate:
-    raise InvalidJobError(f"Unknown environment template {name!r}")
-
-
-#: Jobs submit_many inserts per INSERT statement.
-BULK_BATCH = 1000
-_KEYWORDS = frozenset(inspect.signature(prepare).parameters)
-
-
-@dataclass(frozen=True)
-class BulkSubmission:
-    """What :func:`submit_many` did: the jobs it queued, and (with ``skip_invalid``) the
-    specs it did not, as (line number, what is wrong)."""
-
-    jobs: list[ContainerJob]
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-
-
-def submit_many(
-    specs: Iterable[Mapping[str, Any] | InvalidJobError],
-    *,
-    line_numbers: Sequence[int] | None = None,
-    skip_invalid: bool = False,
-    submitted_by: str = "",
-) -> BulkSubmission:
-    """Validate every spec (the keywords of :func:`submit`) and queue them all: inserted
-    in batches of :data:`BULK_BATCH` in one transaction, and one wake-up of the workers.
-
-    A spec is numbered by ``line_numbers`` (default: 1, 2, ...); an InvalidJobError in
-    place of a spec stands for an entry already known to be bad (a line that is not JSON).
-    When any is bad, BulkSubmitError lists every bad one by number and nothing is queued;
-    with ``skip_invalid`` the good ones are queued and the result lists the others.
-    ``submitted_by``, when given, is every job's submitter (a spec's own is then ignored)."""
-    jobs, rejected = _validate_all(specs, line_numbers, submitted_by)
-    if rejected and not skip_invalid:
-        raise BulkSubmitError(rejected, len(jobs) + len(rejected))
-    with transaction.atomic():
-        _check_new_ids(jobs)
-        _insert(jobs)
-        notify_new_job()
-        transaction.on_commit(functools.partial(_announce, jobs))
-    return BulkSubmission(jobs, rejected)
-
-
-def _validate_all(
-    specs: Iterable[Mapping[str, Any] | InvalidJobError],
-    line_numbers: Sequence[int] | None,
-    submitted_by: str,
-) -> tuple[list[ContainerJob], list[tuple[int, str]]]:
-    jobs: list[ContainerJob] = []
-    rejected: list[tuple[int, str]] = []
-    token = _bulk.set({})
-    try:
-        with fixed_settings():
-            for index, spec in enumerate(specs):
-                number = line_numbers[index] if line_numbers is not None else index + 1
-                try:
-                    jobs.append(_prepare_one(spec, submitted_by))
-                except InvalidJobError as err:
-                    rejected.append((number, str(err)))
-    finally:
-        _bulk.reset(token)
-    return jobs, rejected
-
-
-def _prepare_one(spec: Mapping[str, Any] | InvalidJobError, submitted_by: str) -> ContainerJob:
-    if isinstance(spec, InvalidJobError):
-        raise spec
-    if not isinstance(spec, Mapping):
-        raise InvalidJobError(f"A job is an object of submit()'s keywords, not {_kind(spec)}")
-    unknown = sorted(set(spec) - _KEYWORDS)
-    if unknown:
-        raise InvalidJobError(f"Unknown key(s) {', '.join(map(repr, unknown))}")
-    if "image" not in spec:
-        raise InvalidJobError("The key 'image' is required")
-    keywords = {**spec, "submitted_by": submitted_by or spec.get("submitted_by", "")}
-    try:
-        return prepare(**keywords)
-    except (TypeError, ValueError, AttributeError) as err:  # a value of the wrong shape
-        raise InvalidJobError(f"Invalid job: a value has the wrong type ({err})") from err
-
-
-def _insert(jobs: list[ContainerJob]) -> None:
-    """INSERT ``jobs`` (validated, with their ids): on PostgreSQL one COPY, each value
-    prepared only where a plain Python value is not already what the column takes (JSON);
-    elsewhere Django's batched INSERTs."""
-    if connection.vendor != "postgresql":
-        ContainerJob.objects.bulk_create(jobs, batch_size=BULK_BATCH)
-        return
-    fields = ContainerJob._meta.concrete_fields
-    prepare = [_preparer(f) for f in fields]
-    columns = ", ".join(connection.ops.quote_name(f.column) for f in fields)
-    names = [f.attname for f in fields]
-    table = connection.ops.quote_name(ContainerJob._meta.db_table)
-    with (
-        connection.cursor() as cursor,
-        cursor.cursor.copy(  # type: ignore[attr-defined]
-            f"COPY {table} ({columns}) FROM STDIN"
-        ) as copy,
-    ):
-        for job in jobs:
-            values = job.__dict__
-            copy.write_row(
-                [p(values[n]) if p else values[n] for p, n in zip(prepare, names, strict=True)]
-            )
-    for job in jobs:
-        job._state.adding, job._state.db = False, connection.alias
-
-
-def _preparer(field: models.Field[Any, Any]) -> Callable[[Any], Any] | None:
-    """None where the driver takes the field's Python value as it is, else its preparation."""
-    if isinstance(field, models.JSONField):
-        return functools.partial(field.get_db_prep_save, connection=connection)
-    return None
-
-
-def _announce(jobs: list[ContainerJob]) -> None:
-    for job in jobs:
-        send(job_queued, job)
-
-
-def _kind(value: object) -> str:
-    return {list: "a list", str: "a string", type(None): "null"}.get(type(value), "a value")
-
-
-def _check_new_ids(jobs: list[ContainerJob]) -> None:
-    """Refuse ids given twice, or already taken (one query, within the insert's
-    transaction)."""
-    ids = [job.pk for job in jobs]
-    if len(set(ids)) != len(ids):
-        raise InvalidJobError("Invalid jobs: the same job_id is given twice")
-    if ContainerJob.objects.filter(pk__in=ids).exists():
-        raise InvalidJobError("Invalid jobs: a job_id is already taken")
 
 
 def backoff_delay(attempt: int) -> float:
@@ -712,7 +368,7 @@ def retry(job: ContainerJob | str) -> ContainerJob:
             f"Job {job.pk} has not ended ({job.status}); only ended jobs are retried"
         )
     job.refresh_from_db()
-    _queued(job)
+    queued(job)
     return job
 
 
@@ -737,7 +393,7 @@ def requeue_copy(job: ContainerJob | str) -> ContainerJob:
         retry_on_failure=job.retry_on_failure,
         **{name: getattr(job, name) for name in SPEC_FIELDS},
     )
-    _queued(copy)
+    queued(copy)
     return copy
 
 

@@ -17,7 +17,7 @@ from django.db import connection
 from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 
-from container_manager import compiled, overview, queue, reaper, tally
+from container_manager import bulk, compiled, overview, queue, reaper, tally
 from container_manager.exceptions import BulkSubmitError, InvalidJobError
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, JobStatus, JobTally
 from tests.lived import lived_job
@@ -203,7 +203,7 @@ def specs(n, **extra):
 
 
 def test_submit_many_queues_every_job_with_one_wake_up(fake_host):
-    with mock.patch.object(queue, "notify_new_job") as notify:
+    with mock.patch.object(bulk, "notify_new_job") as notify:
         done = queue.submit_many(specs(25), submitted_by="api:test")
     assert notify.call_count == 1
     assert len(done.jobs) == 25 and done.rejected == []
