@@ -19,31 +19,25 @@ simply not seen until the next run.
 from __future__ import annotations
 
 import logging
-import time
 import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from django.core.files.storage import storages
-from django.db import transaction
-from django.db.models import QuerySet
 from django.utils import timezone
 
-from .conf import get_settings
 from .exceptions import ContainerManagerError
 from .executors import get_executor
 from .executors.base import LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED
-from .models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
+from .models import ContainerJob, ExecutorHost, JobStatus
+from .retention import prune_jobs
 
-__all__ = ["Removal", "prune_jobs", "reap"]
+__all__ = ["Removal", "prune_jobs", "reap"]  # prune_jobs: retention.py's
 
 log = logging.getLogger("container_manager.reaper")
 
 _RUNNING = frozenset({"running", "restarting", "paused"})
-_PRUNE_BATCH = 1000
-_PRUNE_MAX_PAUSE = 1.0  # seconds
 
 
 @dataclass(frozen=True)
@@ -173,84 +167,3 @@ def reap(
         except ContainerManagerError as err:  # e.g. the host's executor is misconfigured
             log.warning("reaper host=%s skipped: %s", host.name, err)
     return removed
-
-
-def prune_jobs(older_than: timedelta, dry_run: bool = False, budget: float | None = None) -> int:
-    """Delete ended jobs that completed before ``now - older_than``, with their attempts
-    and their stored output files; returns how many jobs were (or would be) deleted.
-
-    Batches of :data:`_PRUNE_BATCH`, each its own short transaction, walk each ended
-    status's part of the (status, completed_at) index from the oldest end, never scanning
-    what is left: a worker claiming meanwhile does not wait on them (a claim locks hosts
-    and waiting jobs; a batch locks only ended jobs). Each batch checks its rows again
-    (a job retried meanwhile is kept), and is followed by a pause as long as it took. With
-    ``budget`` (seconds), no batch starts after that long: the rest waits for the next call.
-    The tally is not touched: counters stay."""
-    cutoff = timezone.now() - older_than
-    if dry_run:
-        return _old_jobs(cutoff).count()
-    deleted = 0
-    until = time.monotonic() + budget if budget is not None else None
-    for status in sorted(JobStatus.terminal()):
-        after: datetime | None = None
-        while (until is None or time.monotonic() < until) and (
-            batch := _next_batch(status, cutoff, after)
-        ):
-            after = batch[-1][1]
-            began = time.monotonic()
-            deleted += _delete_batch([pk for pk, _ in batch], cutoff)
-            # As long again at rest: the workers' claims share the database's CPU and disk.
-            time.sleep(min(time.monotonic() - began, _PRUNE_MAX_PAUSE))
-    if deleted:
-        log.info("reaper pruned %d job(s) completed before %s", deleted, cutoff.isoformat())
-    return deleted
-
-
-def _old_jobs(cutoff: datetime) -> QuerySet[ContainerJob]:
-    return ContainerJob.objects.filter(status__in=JobStatus.terminal(), completed_at__lt=cutoff)
-
-
-def _next_batch(status: str, cutoff: datetime, after: datetime | None) -> list[tuple[Any, Any]]:
-    """The next (pk, completed_at) of ``status`` ended before ``cutoff``, oldest first, from
-    ``after`` on (a keyset page: the rows deleted before are not read again)."""
-    query = ContainerJob.objects.filter(status=status, completed_at__lt=cutoff)
-    if after is not None:
-        query = query.filter(completed_at__gte=after)
-    return list(query.order_by("completed_at").values_list("pk", "completed_at")[:_PRUNE_BATCH])
-
-
-def _delete_batch(pks: list[Any], cutoff: datetime) -> int:
-    """Delete the jobs of ``pks`` still ended before ``cutoff`` (rows locked first), their
-    attempts, and once committed their stored output files. One short transaction."""
-    with transaction.atomic():
-        rows = list(
-            _old_jobs(cutoff)
-            .filter(pk__in=pks)
-            .select_for_update()
-            .values_list("pk", "stdout_file", "stderr_file")
-        )
-        if not rows:
-            return 0
-        doomed = [pk for pk, _, _ in rows]
-        JobAttempt.objects.filter(job_id__in=doomed).delete()
-        # only("pk"): the collector reads the rows it deletes, and not their output.
-        _, per_model = ContainerJob.objects.filter(pk__in=doomed).only("pk").delete()
-        files = [name for _, *names in rows for name in names if name]
-        if files:
-            transaction.on_commit(lambda: _remove_files(files))
-    return per_model.get(ContainerJob._meta.label, 0)
-
-
-def _remove_files(names: list[str]) -> None:
-    """Remove pruned jobs' stored output from LOG_STORAGE; a failure is logged."""
-    alias = get_settings().LOG_STORAGE
-    if alias is None:
-        log.warning("reaper: %d output file(s) of pruned jobs kept: LOG_STORAGE is not set",
-                    len(names))  # fmt: skip
-        return
-    storage = storages[alias]
-    for name in names:
-        try:
-            storage.delete(name)
-        except OSError as err:
-            log.warning("reaper: output file %s of a pruned job not removed: %s", name, err)

@@ -238,7 +238,8 @@ def test_prune_jobs_deletes_old_ended_jobs_and_their_attempts_only(fake_host):
 
 
 def test_prune_jobs_works_in_batches(fake_host, monkeypatch):
-    monkeypatch.setattr("container_manager.reaper._PRUNE_BATCH", 2)
+    for name in ("_PRUNE_BATCH", "_PRUNE_MIN_BATCH", "_PRUNE_MAX_BATCH"):
+        monkeypatch.setattr(f"container_manager.retention.{name}", 2)
     for _ in range(5):
         make_job(fake_host, JobStatus.COMPLETED, ended_ago=10 * DAY)
     assert prune_jobs(DAY) == 5
