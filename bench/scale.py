@@ -7,13 +7,17 @@ Fills a PostgreSQL database of its own (``cm_bench_scale``, dropped at the end u
 ``--keep``) in SQL (generate_series), with one attempt row per finished job and the tally
 they would have left; then prints the median of 5 of each page (Django test client,
 superuser, after one warm-up request) with its number of queries, the scrape, the claim
-with 1,000 and with N finished rows, the submit_many rate, and a prune of up to a million
-rows while another thread claims. Needs no engine (the hosts are the fake executor's).
+with 1,000 and with N finished rows, the submit_many rate beside raw psycopg inserting the
+same rows (COPY, executemany INSERT) in the same run, and a prune of up to a million rows
+while another process claims a job every 10 ms (median, p99 and max of its claims, and what
+its database session was doing, sampled from pg_stat_activity). Needs no engine (the hosts
+are the fake executor's).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import statistics
 import subprocess
@@ -270,6 +274,10 @@ def claim_loop() -> None:
     import django
 
     django.setup()
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SET application_name = 'cm-bench-claimer'")
     stop = threading.Event()
     threading.Thread(target=lambda: (os.read(0, 1), stop.set()), daemon=True).start()
     while not stop.is_set():
@@ -278,6 +286,9 @@ def claim_loop() -> None:
 
 
 def measure_submit(n: int = 10_000) -> None:
+    """submit_many of ``n`` jobs (4 hosts, each its own name and command), against raw
+    psycopg inserting the very rows it wrote (a COPY, and an executemany INSERT), in the
+    same run: median of 3 each."""
     from container_manager.models import ContainerJob
     from container_manager.queue import submit_many
 
@@ -286,15 +297,64 @@ def measure_submit(n: int = 10_000) -> None:
          "name": f"bulk-{i}"}
         for i in range(n)
     ]  # fmt: skip
-    rates = []
+    ours, copy, insert = [], [], []
     for _ in range(3):
         began = time.perf_counter()
         done = submit_many(specs)
-        rates.append(n / (time.perf_counter() - began))
-        ContainerJob.objects.filter(pk__in=[j.pk for j in done.jobs]).delete()
-    rate = statistics.median(rates)
+        ours.append(time.perf_counter() - began)
+        pks = [j.pk for j in done.jobs]
+        columns, rows = _written_rows(pks)
+        ContainerJob.objects.filter(pk__in=pks).delete()
+        copy.append(_raw_insert(columns, rows, "copy"))
+        insert.append(_raw_insert(columns, rows, "executemany"))
+    rate = n / statistics.median(ours)
     report(f"submit_many, {n:,} jobs (median of 3)", f"{rate:,.0f} jobs/s", ">= 5,000 jobs/s",
            rate >= 5000)  # fmt: skip
+    for name, times in (("COPY", copy), ("executemany INSERT", insert)):
+        raw = n / statistics.median(times)
+        report(f"  raw psycopg {name} of the same rows", f"{raw:,.0f} rows/s",
+               f"submit_many at {rate / raw:.2f}x")  # fmt: skip
+
+
+def _written_rows(pks: list[Any]) -> tuple[list[str], list[tuple[Any, ...]]]:
+    """The columns and rows submit_many wrote for ``pks``, with new ids (raw psycopg's
+    rows to insert)."""
+    import uuid
+
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM container_manager_containerjob WHERE id = ANY(%s)", [pks])
+        columns = [c.name for c in cursor.description]
+        rows = cursor.fetchall()
+    at = columns.index("id")
+    return columns, [(*r[:at], uuid.uuid4(), *r[at + 1 :]) for r in rows]
+
+
+def _raw_insert(columns: list[str], rows: list[tuple[Any, ...]], how: str) -> float:
+    """Seconds raw psycopg takes to insert ``rows`` in one transaction (then deleted)."""
+    import psycopg
+    from psycopg.types.json import Jsonb
+
+    rows = [tuple(Jsonb(v) if isinstance(v, dict | list) else v for v in r) for r in rows]
+    table, names = "container_manager_containerjob", ", ".join(f'"{c}"' for c in columns)
+    with psycopg.connect(os.environ["DATABASE_URL"]) as conn:
+        began = time.perf_counter()
+        with conn.cursor() as cursor:
+            if how == "copy":
+                with cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in rows:
+                        copy.write_row(row)
+            else:
+                marks = ", ".join(["%s"] * len(columns))
+                cursor.executemany(f"INSERT INTO {table} ({names}) VALUES ({marks})", rows)
+            cursor.execute("NOTIFY container_jobs_bench")
+        conn.commit()
+        spent = time.perf_counter() - began
+        at = columns.index("id")
+        conn.execute(f"DELETE FROM {table} WHERE id = ANY(%s)", [[r[at] for r in rows]])
+        conn.commit()
+    return spent
 
 
 def measure_prune(total: int, prune: int) -> None:
@@ -327,15 +387,40 @@ def measure_prune(total: int, prune: int) -> None:
 
 
 def _claims_during(action: Callable[[], object]) -> list[float]:
-    """The milliseconds of each claim another process made while ``action`` ran."""
+    """The milliseconds of each claim another process made while ``action`` ran; prints
+    what its database session was doing meanwhile (pg_stat_activity, every 5 ms)."""
     claimer = subprocess.Popen(
         [sys.executable, sys.argv[0], "scale", "_claimer"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
     time.sleep(3)  # its start-up
+    stop = threading.Event()
+    seen: collections.Counter[str] = collections.Counter()
+    sampler = threading.Thread(target=_sample_claimer, args=(stop, seen))
+    sampler.start()
     action()
+    stop.set()
+    sampler.join()
     out, _ = claimer.communicate("x")
+    waits = ", ".join(f"{what} {n}" for what, n in seen.most_common(6))
+    print(f"    the claimer's session, sampled every 5 ms: {waits}", flush=True)
     return [float(line) for line in out.split()]
+
+
+def _sample_claimer(stop: threading.Event, seen: collections.Counter[str]) -> None:
+    """Count what the claimer's session is doing (idle, running, or the wait it is in:
+    a lock, IO, a light-weight lock) until ``stop``."""
+    import psycopg
+
+    with psycopg.connect(os.environ["DATABASE_URL"], autocommit=True) as conn:
+        while not stop.is_set():
+            for state, kind, event in conn.execute(
+                "SELECT state, wait_event_type, wait_event FROM pg_stat_activity"
+                " WHERE application_name = 'cm-bench-claimer'"
+            ):
+                on = "on the CPU" if kind is None else f"waiting {kind}:{event}"
+                seen["idle" if state != "active" else on] += 1
+            time.sleep(0.005)
 
 
 def _report_claims(name: str, claims: list[float], target: float | None) -> None:
