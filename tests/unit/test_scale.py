@@ -294,6 +294,80 @@ def test_submit_many_stores_every_field_as_submit_does(fake_host):
     }
 
 
+def test_jobs_of_one_shape_are_stored_as_submit_stores_each(fake_host):
+    shape = {
+        "image": "busybox:latest",
+        "host": "fake-engine",
+        "labels": {"gpu": "true"},
+        "mounts": ["tmpfs:/scratch:64"],
+        "cap_drop": ["ALL"],
+        "memory_limit": 64,
+    }
+    own = [
+        {"name": "a", "command": "echo 'a b'", "environment": {"A": "1"}, "priority": 3},
+        {
+            "name": "b",
+            "command": ["sh", "-c", "exit 2"],
+            "max_retries": 2,
+            "retry_on_failure": True,
+            "run_after": timezone.now() + timedelta(hours=1),
+        },
+    ]
+    jobs = queue.submit_many([{**shape, **o} for o in own]).jobs
+    alone = [queue.submit(**shape, **o) for o in own]  # fmt: skip
+    skip = {"id", "created_at"}
+    fields = [f.attname for f in ContainerJob._meta.concrete_fields if f.attname not in skip]
+    stored = ContainerJob.objects.in_bulk([j.pk for j in jobs + alone])
+    for ours, theirs in zip(jobs, alone, strict=True):
+        assert [getattr(stored[ours.pk], f) for f in fields] == [
+            getattr(stored[theirs.pk], f) for f in fields
+        ]
+        assert [getattr(ours, f) for f in fields] == [getattr(theirs, f) for f in fields]
+    jobs[0].mounts[0]["target"] = "/elsewhere"
+    jobs[0].required_labels["gpu"] = "false"
+    assert jobs[1].mounts[0]["target"] == "/scratch", "each job has its own lists"
+    assert jobs[1].required_labels == {"gpu": "true"}
+    assert jobs[0].created_at <= jobs[1].created_at, "in the order given"
+
+
+def test_a_shape_is_validated_whole_once(fake_host):
+    ExecutorHost.objects.create(name="second", connection_string="unix:///second.sock",
+                                executor_type="fake")  # fmt: skip
+    given = specs(300) + specs(200, host="second")
+    with mock.patch.object(ContainerJob, "full_clean", autospec=True,
+                           side_effect=ContainerJob.full_clean) as full_clean:  # fmt: skip
+        done = queue.submit_many(given)
+    assert len(done.jobs) == 500
+    assert full_clean.call_count == 2, "one job of each host validated whole"
+
+
+def test_a_job_of_a_known_shape_with_a_bad_field_of_its_own_says_what_submit_says(fake_host):
+    bad = {3: {"name": "n" * 201}, 4: {"command": "echo 'unclosed"}, 5: {"priority": 500},
+           6: {"environment": "NOT A LINE"}, 7: {"name": "nul\0"}, 8: {"max_retries": -1},
+           9: {"command": ["echo", "x" * 40_000]}, 10: {"job_id": "not-a-uuid"},
+           11: {"run_after": "soon"}}  # fmt: skip
+    given = [{**spec, **bad.get(n, {})} for n, spec in enumerate(specs(12), start=1)]
+    with pytest.raises(BulkSubmitError) as raised:
+        queue.submit_many(given)
+    assert [n for n, _ in raised.value.rejected] == sorted(bad)
+    for number, why in raised.value.rejected:
+        with pytest.raises(InvalidJobError) as alone:
+            queue.submit(**given[number - 1])
+        assert why == str(alone.value), number
+    assert not ContainerJob.objects.exists()
+
+
+def test_values_alike_but_of_other_types_are_other_shapes(fake_host):
+    kept: list[object] = []
+    keys = {bulk._frozen(v, kept) for v in (1, 1.0, True, "1", [1], (1,), {"a": 1})}
+    assert len(keys) == 7
+    done = queue.submit_many(
+        specs(2, memory_limit=64) + specs(1, memory_limit=5), skip_invalid=True
+    )
+    assert len(done.jobs) == 2 and [n for n, _ in done.rejected] == [3]
+    assert "Memory limit must be between 6" in done.rejected[0][1]
+
+
 def test_submit_many_reads_the_named_rows_once_whatever_the_number(fake_host):
     def queries(n):
         with CaptureQueriesContext(connection) as captured:
