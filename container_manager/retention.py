@@ -147,13 +147,14 @@ def _collected(
 
 
 def _delete_batch(pks: list[Any], cutoff: datetime) -> int:
-    """Delete the jobs of ``pks`` still ended before ``cutoff`` (rows locked first), their
-    attempts, and once committed their stored output files. One short transaction."""
+    """Delete the jobs of ``pks`` still ended before ``cutoff`` (rows locked first, those
+    another transaction holds skipped where the database can), their attempts, and once
+    committed their stored output files. One short transaction."""
     with transaction.atomic():
         rows = list(
             _old_jobs(cutoff)
             .filter(pk__in=pks)
-            .select_for_update()
+            .select_for_update(skip_locked=connection.features.has_select_for_update_skip_locked)
             .values_list("pk", "stdout_file", "stderr_file")
         )
         if not rows:
