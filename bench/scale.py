@@ -3,15 +3,15 @@ measured over a table of N finished and M queued jobs (issue 14).
 
     .venv/bin/python bench/run.py scale [--rows 1000000] [--queued 1000] [--keep]
 
-Fills a PostgreSQL database of its own (``cm_bench_scale``, dropped at the end unless
-``--keep``) in SQL (generate_series), with one attempt row per finished job and the tally
-they would have left; then prints the median of 5 of each page (Django test client,
-superuser, after one warm-up request) with its number of queries, the scrape, the claim
-with 1,000 and with N finished rows, the submit_many rate beside raw psycopg inserting the
-same rows (COPY, executemany INSERT) in the same run, and a prune of up to a million rows
-while another process claims a job every 10 ms (median, p99 and max of its claims, and what
-its database session was doing, sampled from pg_stat_activity). Needs no engine (the hosts
-are the fake executor's).
+Fills a PostgreSQL database of its own (``cm_bench_scale``, or ``$BENCH_SCALE_DB``;
+dropped at the end unless ``--keep``) in SQL (generate_series), with one attempt row per
+finished job and the tally they would have left; then prints the median of 5 of each page
+(Django test client, superuser, after one warm-up request) with its number of queries, the
+scrape, the claim with 1,000 and with N finished rows, the submit_many rate beside raw
+psycopg inserting the same rows (COPY, executemany INSERT) in the same run, and a prune of
+up to a million rows while another process claims a job every 10 ms (median, p99 and max
+of its claims, and what its database session was doing, sampled from pg_stat_activity).
+Needs no engine (the hosts are the fake executor's).
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
-DB = "cm_bench_scale"
+#: Its database (another name: BENCH_SCALE_DB, e.g. for two runs side by side).
+DB = os.environ.get("BENCH_SCALE_DB", "cm_bench_scale")
 HOSTS = 4
 SAMPLES = 5
 
