@@ -35,8 +35,10 @@ SAMPLES = 5
 
 
 def report(name: str, value: str, target: str = "", ok: bool | None = None) -> None:
+    """One figure, with the machine's load average (1 minute) when it was taken."""
     verdict = "" if ok is None else ("  OK" if ok else "  MISSED")
-    print(f"{name:<52} {value:<30} {target}{verdict}", flush=True)
+    load = f"  [load {os.getloadavg()[0]:.1f}]"
+    print(f"{name:<52} {value:<30} {target}{verdict}{load}", flush=True)
 
 
 # ---- the database ---------------------------------------------------------------------------
