@@ -180,12 +180,18 @@ class _Validator:
     def _key(self, keywords: Mapping[str, Any]) -> Hashable | None:
         """What the job gives but its own fields; None when a value cannot be told apart
         from another's (it is then validated whole)."""
+        key: list[Hashable] = []
         try:
-            return tuple(
-                (k, _frozen(v, self._kept)) for k, v in keywords.items() if k not in PER_JOB
-            )
+            for name, value in keywords.items():
+                if name not in PER_JOB:
+                    plain = value.__class__ in _PLAIN
+                    key += (name, value.__class__, value if plain else _frozen(value, self._kept))
         except TypeError:
             return None
+        return tuple(key)
+
+
+_PLAIN = frozenset({str, int, float, bool, type(None)})
 
 
 def _frozen(value: Any, kept: list[Any]) -> Hashable:
@@ -250,8 +256,9 @@ def _own_values(keywords: Mapping[str, Any]) -> dict[str, Any] | None:
     except (ValidationError, InvalidJobError, TypeError, ValueError, AttributeError):
         return None
     # nul_errors' check: only the text fields among these can hold a string after cleaning.
-    if any(isinstance(v, str) and "\0" in v for v in own.values()):
-        return None
+    for value in own.values():
+        if isinstance(value, str) and "\0" in value:
+            return None
     own.setdefault("id", uuid.uuid4())
     own["created_at"] = timezone.now()
     return own
