@@ -9,8 +9,8 @@ holds (a retry under way), and checks its rows again under that lock. Deleting t
 no host row and fires no trigger (the tally counts status changes, not rows).
 
 What a batch costs the workers is mostly the machine's CPU and disk: the batch adapts its
-size to take about :data:`BATCH_SECONDS`, and each is followed by a rest as long as it
-took. On PostgreSQL a batch is one statement (choose, lock, delete the attempts and the
+size to take about :data:`BATCH_SECONDS`, and each is followed by a rest twice as long as
+it took. On PostgreSQL a batch is one statement (choose, lock, delete the attempts and the
 jobs, return their output files); elsewhere, or where other models hang on jobs or
 attempts (a foreign key, a delete signal), Django's collector deletes them.
 """
@@ -40,7 +40,10 @@ log = logging.getLogger("container_manager.retention")
 _PRUNE_BATCH, _PRUNE_MIN_BATCH, _PRUNE_MAX_BATCH = 500, 50, 2000
 #: How long a batch aims to take (its size halves above twice this, doubles below half).
 BATCH_SECONDS = 0.05
-_PRUNE_MAX_PAUSE = 1.0  # seconds
+#: A batch is followed by a rest this many times as long as it took (at most
+#: _PRUNE_MAX_PAUSE seconds): the prune uses at most a third of the time.
+_PRUNE_REST = 2.0
+_PRUNE_MAX_PAUSE = 2.0  # seconds
 
 #: One batch: (status, cut-off, from completed_at, size) -> (deleted, last completed_at,
 #: whether the batch was full).
@@ -51,8 +54,8 @@ def prune_jobs(older_than: timedelta, dry_run: bool = False, budget: float | Non
     """Delete ended jobs that completed before ``now - older_than``, with their attempts
     and their stored output files; returns how many jobs were (or would be) deleted.
 
-    In short batches (see the module's docstring), each followed by a rest as long as it
-    took. With ``budget`` (seconds), no batch starts after that long: the rest waits for the
+    In short batches (see the module's docstring), each followed by a rest twice as long as
+    it took. With ``budget`` (seconds), no batch starts after that long: the rest waits for the
     next call. The tally is not touched: counters stay."""
     cutoff = timezone.now() - older_than
     if dry_run:
@@ -69,8 +72,8 @@ def prune_jobs(older_than: timedelta, dry_run: bool = False, budget: float | Non
             deleted += count
             took = time.monotonic() - began
             size = _next_size(size, took)
-            # As long again at rest: the workers' claims share the database's CPU and disk.
-            time.sleep(min(took, _PRUNE_MAX_PAUSE))
+            # At rest meanwhile: the workers' claims share the database's CPU and disk.
+            time.sleep(min(took * _PRUNE_REST, _PRUNE_MAX_PAUSE))
     if deleted:
         log.info("retention pruned %d job(s) completed before %s", deleted, cutoff.isoformat())
     return deleted
