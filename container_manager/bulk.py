@@ -33,9 +33,10 @@ from django.db.models.base import ModelState
 from django.utils import timezone
 
 from .exceptions import BulkSubmitError, InvalidJobError
-from .models import MAX_COMMAND_CHARS, ContainerJob
+from .models import ContainerJob
 from .notify import notify_new_job
 from .signals import job_queued, send
+from .spec import MAX_COMMAND_CHARS
 from .submission import bulk_lookups, command_text, environment_text, prepare
 
 __all__ = ["BULK_BATCH", "PER_JOB", "BulkSubmission", "submit_many"]
