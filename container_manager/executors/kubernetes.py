@@ -75,7 +75,7 @@ from .base import (
     Stream,
     no_usage,
 )
-from .kubernetes_api import READ_SIZE, ClusterApi
+from .kubernetes_api import ClusterApi, chunks
 from .kubernetes_host import (
     ClusterTarget,
     cluster_url,
@@ -83,6 +83,7 @@ from .kubernetes_host import (
     parse_cluster_url,
     sdk,
 )
+from .kubernetes_logs import untimed
 from .kubernetes_pods import Obj
 from .kubernetes_stop import Stopped
 
@@ -340,7 +341,7 @@ class KubernetesExecutor(BaseExecutor):
                 return
             response = self.cluster.log(pod_name)
             try:
-                yield from response.stream(READ_SIZE, decode_content=True)
+                yield from chunks(response)
             finally:
                 response.release_conn()
 
@@ -355,10 +356,10 @@ class KubernetesExecutor(BaseExecutor):
         with self.cluster.translating(f"Follow the output of job {container_id}"):
             if (pod_name := self._pod_name(container_id)) is None:
                 raise ExecutorError(f"Job {container_id} has no pod to follow")
-            response = self.cluster.log(pod_name, follow=True)
+            response = self.cluster.log(pod_name, follow=True, timestamps=True)
             try:
-                for chunk in response.stream(READ_SIZE, decode_content=True):
-                    yield "stdout", chunk
+                for text in untimed(chunks(response)):
+                    yield "stdout", text
             finally:
                 response.release_conn()
         if container_id in self._stopping:
@@ -394,8 +395,9 @@ class KubernetesExecutor(BaseExecutor):
         then SIGKILL; its output and its container's end, when the kubelet reports it, are
         kept for the harvest (:mod:`~.kubernetes_stop`). A pod with no node yet (or a Job
         without a pod) is removed with its Job. A stop tried again resumes on the pod being
-        deleted."""
-        grace = get_settings().STOP_GRACE_SECONDS if grace is None else grace
+        deleted. A grace of 0 is sent as 1: the API removes a pod deleted with 0 at once,
+        before the kubelet killed its container and could report it."""
+        grace = max(1, get_settings().STOP_GRACE_SECONDS if grace is None else grace)
         try:
             pods, version = self.cluster.job_pods(container_id)
             pod = pod_state.newest(pods)

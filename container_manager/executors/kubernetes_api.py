@@ -26,10 +26,13 @@ from . import kubernetes_spec
 from .kubernetes_host import ClusterTarget, configuration, sdk
 from .kubernetes_pods import Obj
 
-__all__ = ["READ_SIZE", "ClusterApi", "lines"]
+__all__ = ["FOLLOW_IDLE", "READ_SIZE", "ClusterApi", "chunks", "lines"]
 
 READ_SIZE = 64 * 1024
 _WATCH_SLICE = 30.0  # seconds per watch request at most
+#: Seconds a followed log may stay silent (the client takes no read timeout of None): the
+#: output of a job silent longer is read again after its end.
+FOLLOW_IDLE = 24 * 3600.0
 
 
 class ClusterApi:
@@ -180,7 +183,7 @@ class ClusterApi:
                 response.release_conn()
 
     def log(
-        self, pod_name: str, *, follow: bool = False, idle: float | None = None, **params: Any
+        self, pod_name: str, *, follow: bool = False, idle: float = FOLLOW_IDLE, **params: Any
     ) -> Any:
         """The raw log answer of the pod's job container (``params``: ``tail_lines``...).
         Followed, reading has no deadline but ``idle`` (seconds without a byte): the answer
@@ -197,11 +200,18 @@ class ClusterApi:
         )
 
 
+def chunks(response: Any) -> Iterator[bytes]:
+    """The bytes of a streamed answer as they arrive (``stream()`` would wait for
+    ``READ_SIZE`` bytes of a followed log, or its end)."""
+    while chunk := response.read1(READ_SIZE):
+        yield chunk
+
+
 def lines(response: Any) -> Iterator[bytes]:
     """The lines of a watch answer as they arrive; a read that times out ends them."""
     pending = b""
     try:
-        for chunk in response.stream(READ_SIZE, decode_content=True):
+        for chunk in chunks(response):
             parts = (pending + chunk).split(b"\n")
             pending = parts.pop()
             yield from (part for part in parts if part.strip())

@@ -18,7 +18,8 @@ from typing import Any
 
 from ..exceptions import ContainerNotFoundError, ExecutorError
 from . import kubernetes_pods as pod_state
-from .kubernetes_api import READ_SIZE, ClusterApi
+from .kubernetes_api import ClusterApi, chunks
+from .kubernetes_logs import untimed
 from .kubernetes_pods import Obj
 
 __all__ = ["SETTLE_SECONDS", "Stopped", "stop"]
@@ -44,21 +45,26 @@ def stop(cluster: ClusterApi, job: str, pod: Obj, version: str, grace: int) -> S
     """Stop ``pod`` of the Job ``job`` (listed at ``version``) with ``grace`` seconds."""
     name = pod["metadata"]["name"]
     log = _follow(cluster, name, grace)
-    cluster.call(
-        f"Stop job {job} making pods",
-        cluster.batch.patch_namespaced_job,
-        job,
-        cluster.namespace,
-        {"spec": {"parallelism": 0}},
-    )
-    with suppress(ContainerNotFoundError):  # the kubelet let it go already
+    try:
         cluster.call(
-            f"Delete pod {name} of job {job}",
-            cluster.core.delete_namespaced_pod,
-            name,
+            f"Stop job {job} making pods",
+            cluster.batch.patch_namespaced_job,
+            job,
             cluster.namespace,
-            grace_period_seconds=grace,
+            {"spec": {"parallelism": 0}},
         )
+        with suppress(ContainerNotFoundError):  # the kubelet let it go already
+            cluster.call(
+                f"Delete pod {name} of job {job}",
+                cluster.core.delete_namespaced_pod,
+                name,
+                cluster.namespace,
+                grace_period_seconds=grace,
+            )
+    except ExecutorError:
+        if log is not None:
+            log.close()  # unread: the connection is not reused
+        raise
     output = _read(cluster, log, job) if log is not None else b""
     return Stopped(_last_state(cluster, job, pod, version, grace + SETTLE_SECONDS), output)
 
@@ -67,22 +73,22 @@ def _follow(cluster: ClusterApi, pod_name: str, grace: int) -> Any:
     """The pod's log, followed from its start (None when it cannot be read)."""
     try:
         with cluster.translating(f"Follow the output of pod {pod_name}"):
-            return cluster.log(pod_name, follow=True, idle=grace + SETTLE_SECONDS)
+            return cluster.log(pod_name, follow=True, idle=grace + SETTLE_SECONDS, timestamps=True)
     except ExecutorError:
         return None
 
 
 def _read(cluster: ClusterApi, response: Any, job: str) -> bytes:
     """What the followed log sends until the container's end (what came, should it fail)."""
-    chunks: list[bytes] = []
+    read: list[bytes] = []
     try:
         with cluster.translating(f"Read the output of job {job}"):
-            chunks.extend(response.stream(READ_SIZE, decode_content=True))
+            read.extend(untimed(chunks(response)))
     except ExecutorError:
         pass
     finally:
         response.release_conn()
-    return b"".join(chunks)
+    return b"".join(read)
 
 
 def _last_state(cluster: ClusterApi, job: str, pod: Obj, version: str, seconds: float) -> Obj:

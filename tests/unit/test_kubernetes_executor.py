@@ -68,6 +68,14 @@ class Answer:
                 raise chunk
             yield chunk
 
+    def read1(self, amt: int) -> bytes:
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        if isinstance(chunk, Exception):
+            raise chunk
+        return chunk
+
     def release_conn(self) -> None:
         self.released = True
 
@@ -121,6 +129,9 @@ class Cluster:
 
     def record(self, name: str, kwargs: dict) -> None:
         assert "_request_timeout" in kwargs, f"{name} without a deadline"
+        timeout = kwargs["_request_timeout"]  # the client takes numbers > 0, or two of them
+        for part in timeout if isinstance(timeout, tuple) else (timeout,):
+            assert isinstance(part, int | float) and part > 0, f"{name}: timeout {timeout}"
         self.calls.append((name, kwargs))
         if name in self.fail:
             raise self.fail[name]
@@ -180,6 +191,10 @@ class Cluster:
 
     def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> Answer:
         self.record("read_namespaced_pod_log", kw)
+        if kw.get("timestamps"):  # as the kubelet sends it, and then its words, should the
+            stamp = b"2026-01-01T10:00:02.000000001Z "  # container go while followed
+            logs = b"".join(stamp + line for line in self.logs.splitlines(keepends=True))
+            return Answer(chunks=[logs, b"rpc error: code = Unknown desc = No such container"])
         return Answer(self.logs, chunks=[self.logs])
 
     def patch_namespaced_job(self, name: str, namespace: str, body: dict, **kw: Any) -> Answer:
@@ -665,8 +680,8 @@ def test_follow_outputs_reads_the_log_as_written_until_the_pod_ended(executor, c
     assert executor.follows_output is True
     assert list(executor.follow_outputs("cm-j1-1")) == [("stdout", b"one\n")]
     (_, followed) = next(c for c in cluster.calls if c[0] == "read_namespaced_pod_log")
-    assert followed["follow"] is True
-    assert followed["_request_timeout"] == (executor.timeout, None), "only connecting has one"
+    assert followed["follow"] is True and followed["timestamps"] is True
+    assert followed["_request_timeout"] == (executor.timeout, 24 * 3600), "a silent job's day"
 
 
 def test_a_followed_log_that_ends_while_the_container_runs_is_an_error(
