@@ -202,6 +202,16 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(engine):
     assert engine.executor.wait(container_id, timeout=5) == 137
 
 
+def test_a_followed_log_keeps_long_lines_whole(engine):
+    # The engine logs a line longer than 16 KiB in pieces, each with its own time.
+    spec = engine.spec(["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x; echo; sleep 2;"
+                        " echo end"], None)  # type: ignore[arg-type]  # fmt: skip
+    container_id = engine.run(spec)
+    followed = b"".join(chunk for _, chunk in engine.executor.follow_outputs(container_id))
+    assert followed == b"x" * 40000 + b"\nend\n"
+    assert _output(engine.executor, container_id, "stdout") == followed
+
+
 def test_a_job_that_runs_a_while_is_not_killed(engine):
     # Unpatched, the kubelet killed a pod without an IP at its next sync (the rig has no
     # pod network): this job outlives a few syncs.
