@@ -25,7 +25,7 @@ from .kubernetes_pods import Obj
 __all__ = ["SETTLE_SECONDS", "Stopped", "stop"]
 
 #: How long a stopped pod may take to report its end, beyond the grace period.
-SETTLE_SECONDS = 15.0
+SETTLE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)

@@ -196,9 +196,9 @@ def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(engine):
     assert engine.executor.stop_container(container_id, grace=2) is True
     took = time.monotonic() - started
 
-    assert 2 <= took < 20, f"SIGKILL after the grace period ({took:.1f}s)"
+    assert 2 <= took < 40, f"SIGKILL after the grace period ({took:.1f}s)"
     state = engine.executor.inspect(container_id)
-    assert (state.status, state.exit_code) == ("exited", 137)
+    assert (state.status, state.exit_code) == ("exited", 137), f"stop took {took:.1f}s"
     assert engine.executor.wait(container_id, timeout=5) == 137
 
 
