@@ -1,4 +1,4 @@
-"""The RBAC manifest of the README (deploy/kubernetes/rbac.yaml) on the test cluster: applied
+"""The RBAC manifest of the docs (deploy/kubernetes/rbac.yaml) on the test cluster: applied
 to a namespace of its own with a ServiceAccount, whose token makes the kubeconfig of a
 cluster host. Jobs run through the worker with only those rights (output, exit code, a
 secret, a timeout, live output, removal, the reaper's listings); and each right the manifest
@@ -162,9 +162,9 @@ def _spec(argv: list[str], *, secret: bool = False) -> JobSpec:
     return spec
 
 
-def test_the_readme_shows_the_manifest_file():
-    readme = (MANIFEST.parents[2] / "README.md").read_text()
-    assert MANIFEST.read_text() in readme, "the README quotes deploy/kubernetes/rbac.yaml whole"
+def test_the_docs_show_the_manifest_file():
+    page = (MANIFEST.parents[2] / "docs" / "howto" / "kubernetes.md").read_text()
+    assert MANIFEST.read_text() in page, "the Kubernetes page quotes rbac.yaml whole"
     assert "*" not in str(manifest()), "no wildcard"
 
 
