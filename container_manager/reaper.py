@@ -14,6 +14,10 @@ label); of those, a container is removed when
 The container of a job that a worker holds in its current attempt is never removed. The
 containers are listed before the jobs are read, so a container that appears meanwhile is
 simply not seen until the next run.
+
+Then what an executor made beside its containers and no container needs any more, made
+before the cut-off (:meth:`~container_manager.executors.base.BaseExecutor.leftovers`: a
+cluster's per-attempt Secret whose Job is gone) is removed too: **leftover**.
 """
 
 from __future__ import annotations
@@ -29,7 +33,7 @@ from django.utils import timezone
 
 from .exceptions import ContainerManagerError
 from .executors import get_executor
-from .executors.base import LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED
+from .executors.base import LABEL_ATTEMPT, LABEL_JOB, LABEL_MANAGED, BaseExecutor
 from .models import ContainerJob, ExecutorHost, JobStatus
 from .retention import prune_jobs
 
@@ -131,17 +135,41 @@ def _reap_host(host: ExecutorHost, cutoff: datetime, dry_run: bool) -> list[Remo
                     err,
                 )
                 continue
-        removal = Removal(host.name, container["id"], container.get("name", ""), reason)
-        log.info(
-            "reaper host=%s container=%s name=%s %s%s",
-            host.name,
-            removal.container_id[:12],
-            removal.name,
-            "would remove: " if dry_run else "removed: ",
-            reason,
-        )
-        removed.append(removal)
+        removed.append(_removed(host, container["id"], container.get("name", ""), reason, dry_run))
+    return removed + _reap_leftovers(host, executor, cutoff, dry_run)
+
+
+def _reap_leftovers(
+    host: ExecutorHost, executor: BaseExecutor, cutoff: datetime, dry_run: bool
+) -> list[Removal]:
+    try:
+        leftovers = executor.leftovers(cutoff)
+    except ContainerManagerError as err:
+        log.warning("reaper host=%s cannot list what its containers left: %s", host.name, err)
+        return []
+    removed: list[Removal] = []
+    for leftover in leftovers:
+        if not dry_run:
+            try:
+                executor.remove_leftover(leftover.id)
+            except ContainerManagerError as err:
+                log.warning("reaper host=%s %s not removed: %s", host.name, leftover.id, err)
+                continue
+        removed.append(_removed(host, leftover.id, leftover.id, leftover.reason, dry_run))
     return removed
+
+
+def _removed(host: ExecutorHost, what: str, name: str, reason: str, dry_run: bool) -> Removal:
+    removal = Removal(host.name, what, name, reason)
+    log.info(
+        "reaper host=%s container=%s name=%s %s%s",
+        host.name,
+        removal.container_id[:12],
+        removal.name,
+        "would remove: " if dry_run else "removed: ",
+        reason,
+    )
+    return removal
 
 
 def reap(

@@ -32,6 +32,7 @@ __all__ = [
     "parse_entrypoint",
     "parse_mounts",
     "parse_user",
+    "shm_refusal",
 ]
 
 LABEL_MANAGED = "container_manager.managed"
@@ -43,6 +44,8 @@ MOUNT_TYPES: tuple[MountType, ...] = ("volume", "bind", "tmpfs")
 
 #: Bounds checked at submission.
 MAX_SHM_SIZE_MB = 64 * 1024
+#: Where an executor mounts the memory of ``shm_size_mb`` when its engine has no ShmSize.
+SHM_PATH = "/dev/shm"
 MAX_PIDS_LIMIT = 1_000_000
 MAX_TMPFS_MB = 64 * 1024
 MAX_GPUS = 64
@@ -407,6 +410,18 @@ class JobSpec:
             "placement_constraints": self.placement_constraints,
             **merged,
         }
+
+
+def shm_refusal(spec: JobSpec, executor: str, made_as: str) -> dict[str, str]:
+    """``{"shm_size_mb": why}`` when ``spec`` asks for ``shm_size_mb`` and mounts something
+    of its own at /dev/shm, for an executor that makes ``shm_size_mb`` a mount there
+    (``made_as``: what it mounts); ``{}`` otherwise."""
+    if spec.shm_size_mb and any(m.target.rstrip("/") == SHM_PATH for m in spec.mounts):
+        return {
+            "shm_size_mb": f"The {executor} executor makes shm_size_mb {made_as} at /dev/shm:"
+            " the job mounts something there already."
+        }
+    return {}
 
 
 class EngineHost(Protocol):

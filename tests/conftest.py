@@ -220,3 +220,33 @@ def quick_retries(settings: Any) -> None:
         "RETRY_BACKOFF_BASE": 0.01,
         "RETRY_BACKOFF_MAX": 0.05,
     }
+
+
+def output_seen_running(job: Any, timeout: float, *, stderr: bool) -> list[tuple[str, str]]:
+    """Run a burst Worker (one slot) in a thread until ``job`` ended; the first (stdout,
+    stderr) recorded on the job while it was running (with some stderr too, if ``stderr``),
+    as a list of one ([] if none was)."""
+    import threading
+    import time
+
+    from container_manager.models import JobStatus
+    from container_manager.worker import Worker
+
+    worker = Worker(concurrency=1, burst=True, shutdown_timeout=10)
+    thread = threading.Thread(target=worker.run)
+    thread.start()
+    seen = []
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and not seen:
+            job.refresh_from_db()
+            if (
+                job.status == JobStatus.RUNNING
+                and job.stdout_log
+                and (job.stderr_log or not stderr)
+            ):
+                seen.append((job.stdout_log, job.stderr_log))
+            time.sleep(0.05)
+    finally:
+        thread.join(timeout + 10)
+    return seen

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -30,3 +31,21 @@ def worker_process(*args: str, settings: dict[str, Any] | None = None) -> subpro
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
     )
+
+
+def worker_killed_mid_run(running: int, settings: dict[str, Any]) -> subprocess.Popen[bytes]:
+    """A worker process of ``--concurrency running``, SIGKILLed once ``running`` jobs run
+    (it leaves them for another worker to adopt); the dead process."""
+    from container_manager.models import ContainerJob, JobStatus
+    from tests.conftest import until
+
+    worker = worker_process("--concurrency", str(running), settings=settings)
+    try:
+        until(
+            lambda: ContainerJob.objects.filter(status=JobStatus.RUNNING).count() == running,
+            timeout=60,
+        )
+    finally:
+        worker.send_signal(signal.SIGKILL)
+        worker.wait(10)
+    return worker

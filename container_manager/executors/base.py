@@ -35,6 +35,7 @@ __all__ = [
     "BaseExecutor",
     "ContainerState",
     "JobSpec",
+    "Leftover",
     "Stream",
     "container_name",
 ]
@@ -84,6 +85,15 @@ class ContainerState:
     @property
     def has_exited(self) -> bool:
         return self.status in {"exited", "dead"}
+
+
+@dataclass(frozen=True)
+class Leftover:
+    """Something the app made on an engine beside a container that serves no container any
+    more (a Secret whose Job is gone), for the reaper: its id and why it may go."""
+
+    id: str
+    reason: str
 
 
 class BaseExecutor(ABC):
@@ -278,6 +288,16 @@ class BaseExecutor(ABC):
             ):
                 removed += int(self.cleanup(info["id"]))
         return removed
+
+    def leftovers(self, made_before: datetime) -> list[Leftover]:
+        """What the app made on the engine beside its containers, made before
+        ``made_before``, that no container needs any more (labelled as the app's: nothing
+        else is listed). This default: nothing (the container is all there is)."""
+        return []
+
+    def remove_leftover(self, leftover_id: str) -> bool:
+        """Remove one of :meth:`leftovers`; True also when it is gone already."""
+        raise ExecutorError(f"{type(self).__name__} leaves nothing beside its containers")
 
     # ---- seed-compatible conveniences -------------------------------------------------
 

@@ -2,17 +2,17 @@
 one cluster, over the official ``kubernetes`` client (the optional extra ``kubernetes``,
 imported only when a cluster host is used).
 
-A host is a cluster and a namespace, written in its ``connection_string``:
-
-- ``kubernetes:///path/to/kubeconfig?namespace=NS[&context=NAME]``: a kubeconfig file (on the
-  worker's machine) and one of its contexts (default: its current context);
-- ``kubernetes://in-cluster?namespace=NS``: the service account of the pod the worker runs in.
+A host is a cluster and a namespace, written in its ``connection_string``
+(:mod:`~container_manager.executors.kubernetes_host`):
+``kubernetes:///path/to/kubeconfig?namespace=NS[&context=NAME]`` or
+``kubernetes://in-cluster?namespace=NS``.
 
 The id the rest of the app sees as the "container id" is the **Job's name**, made from the job
 id and attempt (:func:`~container_manager.spec.container_name`): a repeated launch gets a 409
 and adopts the Job a previous try created. How the spec maps onto the Job, its pod and its
-Secrets: :mod:`container_manager.executors.kubernetes_spec`; how a pod's state is read:
-:mod:`container_manager.executors.kubernetes_pods`.
+Secrets: :mod:`~.kubernetes_spec`; the Secrets on the cluster: :mod:`~.kubernetes_secrets`;
+the client, its errors and the watch: :mod:`~.kubernetes_api`; how a pod's state is read:
+:mod:`~.kubernetes_pods`; stopping: :mod:`~.kubernetes_stop`.
 
 Status comes from the API: the Job's pod is listed, then watched (no polling sleeps). The exit
 code and ``OOMKilled`` are the container's terminated state. Launch failures are the pod's:
@@ -25,38 +25,34 @@ the host's start timeout or ``START_TIMEOUT``), then fail with the cluster's rea
 container the runtime could not start (``ContainerCannotRun``) fails the launch with the
 runtime's words.
 
-**Stopping** (timeout, cancel) sets the pod's ``activeDeadlineSeconds``: the kubelet sends
-SIGTERM and, after the pod's ``terminationGracePeriodSeconds`` (``STOP_GRACE_SECONDS``, fixed
-when the Job is created: a pod's grace cannot be changed later), SIGKILL; the pod ends
-``Failed`` keeping its output (the kubelet of 1.20 does not report the killed container's
-exit code), and the Job fails (``backoffLimit: 0``). Deleting
-the pod instead would lose both, and the Job controller of 1.20 would make a new pod in its
-place. A pod that has no node yet is stopped by deleting its Job.
+**Stopping** (timeout, cancel) deletes the pod with the grace period asked for (the worker's
+``STOP_GRACE_SECONDS``), its Job told to make no other; the output and the container's
+terminated state (exit code 143 or 137) are kept from before the pod goes, for the harvest
+(:mod:`~.kubernetes_stop`). A pod that has no node yet is stopped by deleting its Job.
 
 **Output**: Kubernetes keeps one stream per container, stdout and stderr merged; it is read as
-stdout (``merges_output``; the attempt's record says so), never split by guessing.
+stdout (``merges_output``; the attempt's record says so), never split by guessing; a running
+job's is followed (``follows_output``: the pod's log with ``follow``).
 
 **Removal**: the app deletes the Job after harvesting (background propagation: its pod and
 its Secrets go with it); ``ttlSecondsAfterFinished`` removes one the app never came back for,
-on clusters that honour it (1.21+). The reaper lists Jobs by the app's labels only.
+on clusters that honour it (1.21+). The reaper lists Jobs, and the attempts' Secrets whose Job
+is gone (:meth:`KubernetesExecutor.leftovers`), by the app's labels only.
 
-Every API call has a deadline (``_request_timeout``: the engine timeout); watches end at the
-caller's.
+Every API call has a deadline (the engine timeout); watches end at the caller's.
 """
 
 from __future__ import annotations
 
-import json
-import math
 import re
 import threading
-import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager, suppress
-from dataclasses import dataclass, replace
-from pathlib import Path
+from collections.abc import Iterator
+from contextlib import suppress
+from dataclasses import replace
+from datetime import datetime, timedelta
 from typing import Any, ClassVar
-from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from django.utils import timezone
 
 from ..conf import get_settings
 from ..exceptions import (
@@ -66,115 +62,38 @@ from ..exceptions import (
     ExecutorError,
     ImageAccessDeniedError,
     PermanentLaunchError,
-    SpecRefusedError,
 )
 from ..spec import EngineHost, image_reference_problem
 from . import kubernetes_pods as pod_state
-from . import kubernetes_spec
-from .base import LABEL_MANAGED, BaseExecutor, ContainerState, JobSpec, Stream, no_usage
+from . import kubernetes_secrets, kubernetes_spec, kubernetes_stop
+from .base import (
+    LABEL_MANAGED,
+    BaseExecutor,
+    ContainerState,
+    JobSpec,
+    Leftover,
+    Stream,
+    no_usage,
+)
+from .kubernetes_api import ClusterApi, chunks
+from .kubernetes_host import (
+    ClusterTarget,
+    cluster_url,
+    context_problem,
+    parse_cluster_url,
+    sdk,
+)
+from .kubernetes_logs import untimed
 from .kubernetes_pods import Obj
+from .kubernetes_stop import Stopped
 
 __all__ = ["ClusterTarget", "KubernetesExecutor", "cluster_url", "parse_cluster_url"]
 
-SCHEME = "kubernetes"
-IN_CLUSTER = "in-cluster"
-_NAMESPACE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
-_READ_SIZE = 64 * 1024
-_SETTLE_SECONDS = 15.0  # how long a stopped pod may take to report its end, beyond the grace
-_WATCH_SLICE = 30.0  # seconds per watch request at most
 _REFUSALS_WITH_CREDENTIALS = 2  # pulls refused before a job with a registry credential fails
-# ---- the host: a cluster and a namespace ----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ClusterTarget:
-    """Where a cluster host's jobs run. ``kubeconfig`` is empty for in-cluster configuration."""
-
-    kubeconfig: str
-    context: str
-    namespace: str
-
-    @property
-    def in_cluster(self) -> bool:
-        return not self.kubeconfig
-
-
-def cluster_url(kubeconfig: str, namespace: str, context: str = "") -> str:
-    """The ``connection_string`` of a cluster host (``kubeconfig`` empty: in-cluster)."""
-    query = {"namespace": namespace, **({"context": context} if context else {})}
-    where = f"/{quote(kubeconfig.lstrip('/'))}" if kubeconfig else IN_CLUSTER
-    return f"{SCHEME}://{where}?{urlencode(query)}"
-
-
-def parse_cluster_url(url: str) -> ClusterTarget:
-    """The target of a cluster host's URL; ConfigurationError-free: ValueError names what
-    is wrong (the executor's ``validate_host`` turns it into a field error)."""
-    parts = urlsplit(url or "")
-    if parts.scheme != SCHEME:
-        raise ValueError(
-            "Not a cluster URL: use kubernetes:///path/to/kubeconfig?namespace=NS[&context=NAME]"
-            " or kubernetes://in-cluster?namespace=NS."
-        )
-    query = parse_qs(parts.query, keep_blank_values=True)
-    unknown = set(query) - {"namespace", "context"}
-    if unknown:
-        raise ValueError(f"Unknown cluster URL options: {', '.join(sorted(unknown))}.")
-    if any(len(values) > 1 for values in query.values()):
-        raise ValueError("Give each cluster URL option once.")
-    namespace = query.get("namespace", [""])[0]
-    context = query.get("context", [""])[0]
-    if not namespace:
-        raise ValueError("Name the namespace the jobs run in: ?namespace=NS.")
-    if not _NAMESPACE.fullmatch(namespace):
-        raise ValueError(f"{namespace!r} is not a namespace name (lower-case DNS label).")
-    if parts.netloc == IN_CLUSTER:
-        if parts.path or context:
-            raise ValueError("kubernetes://in-cluster takes no path and no context.")
-        return ClusterTarget("", "", namespace)
-    if parts.netloc or not parts.path.startswith("/") or parts.path == "/":
-        raise ValueError(
-            "The kubeconfig is an absolute path: kubernetes:///path/to/kubeconfig?namespace=NS."
-        )
-    return ClusterTarget(unquote(parts.path), context, namespace)
-
-
-def _sdk() -> Any:
-    """The ``kubernetes`` package, imported on first use."""
-    try:
-        import kubernetes
-    except ImportError as err:
-        raise ExecutorConnectionError(
-            "The kubernetes executor needs the official client: "
-            "pip install 'django-container-jobs[kubernetes]'"
-        ) from err
-    return kubernetes
-
-
-def _context_problem(target: ClusterTarget) -> str:
-    """What is wrong with the kubeconfig file and context, read here ('' when nothing is, or
-    when the file is not on this machine: it may be on the worker's)."""
-    path = Path(target.kubeconfig)
-    if not path.exists():
-        return ""
-    if not path.is_file():
-        return f"{target.kubeconfig} is not a file."
-    try:
-        kubernetes = _sdk()
-        contexts, _ = kubernetes.config.list_kube_config_contexts(config_file=str(path))
-    except ExecutorConnectionError as err:
-        return str(err)
-    except Exception as err:  # noqa: BLE001 - the client's loader raises many kinds
-        return f"{target.kubeconfig} is not a readable kubeconfig: {err}"
-    names = sorted(str(c.get("name")) for c in contexts or [])
-    if target.context and target.context not in names:
-        return (
-            f"The kubeconfig {target.kubeconfig} has no context {target.context!r};"
-            f" it has: {', '.join(names) or 'none'}."
-        )
-    return ""
-
-
-# ---- the executor --------------------------------------------------------------------------
+_STOPPED_KEPT = 256  # stopped pods' states kept for their harvest, at most
+#: API deadlines a launch may take between making a Secret and its Job: a Secret without a
+#: Job younger than this may be a launch's, not an orphan.
+_LAUNCH_CALLS = 4
 
 
 class KubernetesExecutor(BaseExecutor):
@@ -191,6 +110,8 @@ class KubernetesExecutor(BaseExecutor):
     supports_stats: ClassVar[bool] = False
     #: stdout and stderr arrive as one stream, recorded as stdout.
     merges_output: ClassVar[bool] = True
+    #: A running job's log is followed (the admin's live view shows it).
+    follows_output: ClassVar[bool] = True
     runs_as: ClassVar[str] = "job"
     supported_fields: ClassVar[frozenset[str]] = kubernetes_spec.SUPPORTED_FIELDS
 
@@ -204,7 +125,7 @@ class KubernetesExecutor(BaseExecutor):
         except ValueError as err:
             errors["connection_string"] = str(err)
         else:
-            if not target.in_cluster and (problem := _context_problem(target)):
+            if not target.in_cluster and (problem := context_problem(target)):
                 errors["connection_string"] = problem
         if host.tls_enabled or host.tls_client_cert or host.tls_client_key or host.tls_ca_cert:
             errors["tls_enabled"] = (
@@ -230,10 +151,15 @@ class KubernetesExecutor(BaseExecutor):
         self.namespace = self.target.namespace
         self.timeout = float(self.config.get("timeout", get_settings().ENGINE_TIMEOUT))
         self.start_timeout = float(self.config.get("start_timeout") or self._start_limit())
-        self.pool_size = int(self.config.get("pool_size", 10))
-        self._api: Any = None
-        self._lock = threading.Lock()
+        self.cluster = ClusterApi(
+            self.target, self.base_url, self.timeout, int(self.config.get("pool_size", 10))
+        )
         self._server_minor: int | None = None
+        self._lock = threading.Lock()
+        #: The pods stopped, by Job: what the harvest reads once they are gone.
+        self._stopped: dict[str, Stopped] = {}
+        #: The Jobs being stopped (or stopped): their followed output ends with the kill.
+        self._stopping: set[str] = set()
 
     def _start_limit(self) -> float:
         """How long a launch waits for a pod that waits (unschedulable, a quota, a config
@@ -243,91 +169,16 @@ class KubernetesExecutor(BaseExecutor):
         limit = getattr(self.host, "start_timeout", None) or get_settings().START_TIMEOUT
         return max(1.0, float(limit) * 0.9) if limit else self.timeout
 
-    # ---- the client and the one translation point ---------------------------------------
-
-    @property
-    def api(self) -> Any:
-        """The client's ApiClient for this cluster, made on first use."""
-        if self._api is None:
-            with self._lock:
-                if self._api is None:
-                    self._api = self._connect()
-        return self._api
-
-    def _connect(self) -> Any:
-        kubernetes = _sdk()
-        configuration = kubernetes.client.Configuration()
-        try:
-            if self.target.in_cluster:
-                kubernetes.config.load_incluster_config(client_configuration=configuration)
-            else:
-                kubernetes.config.load_kube_config(
-                    config_file=self.target.kubeconfig,
-                    context=self.target.context or None,
-                    client_configuration=configuration,
-                    persist_config=False,
-                )
-        except Exception as err:
-            where = "in-cluster configuration" if self.target.in_cluster else self.target.kubeconfig
-            context = f", context {self.target.context!r}" if self.target.context else ""
-            raise ExecutorConnectionError(
-                f"Cannot load the cluster configuration ({where}{context}): {err}"
-            ) from err
-        configuration.connection_pool_maxsize = self.pool_size
-        configuration.retries = False
-        return kubernetes.client.ApiClient(configuration)
-
     def close(self) -> None:
-        if self._api is not None:
-            with suppress(Exception):
-                self._api.close()
-            self._api = None
+        self.cluster.close()
 
     @property
     def batch(self) -> Any:
-        return _sdk().client.BatchV1Api(self.api)
+        return self.cluster.batch
 
     @property
     def core(self) -> Any:
-        return _sdk().client.CoreV1Api(self.api)
-
-    @contextmanager
-    def _cluster(self, action: str) -> Iterator[None]:
-        """Translate anything the client raises while doing ``action`` into our error tree."""
-        try:
-            yield
-        except ContainerManagerError:
-            raise
-        except Exception as err:  # the SDK edge: sorted by what it is
-            raise self._translate(action, err) from err
-
-    def _translate(self, action: str, err: Exception) -> ExecutorError:
-        status = getattr(err, "status", None)
-        if isinstance(status, int) and status and hasattr(err, "body"):
-            message = f"{action}: {_api_message(err)}"
-            kind: type[ExecutorError] = ExecutorError
-            if status == 404:
-                kind = ContainerNotFoundError
-            elif status in (400, 422):
-                kind = SpecRefusedError
-            elif status == 403:
-                kind = PermanentLaunchError
-            return kind(message, status_code=status)
-        return ExecutorConnectionError(
-            f"{action}: cannot reach the cluster ({self.base_url}): {err or type(err).__name__}"
-        )
-
-    def _call(self, action: str, method: Callable[..., Any], *args: Any, **kwargs: Any) -> Obj:
-        """``method(*args, **kwargs)`` with the deadline, its JSON answer as a dict."""
-        with self._cluster(action):
-            response = method(
-                *args, _preload_content=False, _request_timeout=self.timeout, **kwargs
-            )
-            try:
-                data = response.data
-            finally:
-                response.release_conn()
-            return dict(json.loads(data)) if data else {}
+        return self.cluster.core
 
     # ---- launching ------------------------------------------------------------------------
 
@@ -343,9 +194,17 @@ class KubernetesExecutor(BaseExecutor):
     def _ttl_supported(self) -> bool:
         """Whether the cluster honours ttlSecondsAfterFinished (1.21+; 1.20 drops it)."""
         if self._server_minor is None:
-            version = self._call("Cluster version", _sdk().client.VersionApi(self.api).get_code)
+            version = self._version()
             self._server_minor = int(re.sub(r"\D", "", str(version.get("minor", "0"))) or 0)
         return self._server_minor >= 21
+
+    def _version(self) -> Obj:
+        return self.cluster.call("Cluster version", sdk().client.VersionApi(self.api).get_code)
+
+    @property
+    def api(self) -> Any:
+        """The client's ApiClient, made on first use."""
+        return self.cluster.api
 
     def run(self, spec: JobSpec) -> str:
         """Create the attempt's Secrets and Job (or adopt the Job a previous try created),
@@ -357,10 +216,10 @@ class KubernetesExecutor(BaseExecutor):
             raise PermanentLaunchError(f"Invalid job: {problem}")
         secrets = kubernetes_spec.secret_manifests(spec)
         for secret in secrets:
-            self._put_secret(secret)
+            kubernetes_secrets.put(self.cluster, secret)
         manifest = kubernetes_spec.job_manifest(spec, ttl=self._ttl_supported())
         try:
-            job = self._call(
+            job = self.cluster.call(
                 f"Create job {spec.name} for image {spec.image!r}",
                 self.batch.create_namespaced_job,
                 self.namespace,
@@ -368,54 +227,18 @@ class KubernetesExecutor(BaseExecutor):
             )
         except ExecutorError as err:
             if err.status_code != 409:
-                self._delete_secrets(spec.name)
+                kubernetes_secrets.delete_of(self.cluster, spec.name)
                 if err.status_code == 404:  # the namespace: retrying does not help
                     raise PermanentLaunchError(
                         f"{err} (namespace {self.namespace} of {self.base_url})",
                         status_code=404,
                     ) from err
                 raise
-            self._own_secrets(self._read_job(spec.name), secrets)
+            kubernetes_secrets.own(self.cluster, self.cluster.read_job(spec.name), secrets)
             return spec.name  # a previous try created it: adopted
-        self._own_secrets(job, secrets)
+        kubernetes_secrets.own(self.cluster, job, secrets)
         self._await_start(spec)
         return spec.name
-
-    def _put_secret(self, secret: Obj) -> None:
-        name = secret["metadata"]["name"]
-        try:
-            self._call(
-                f"Create secret {name}", self.core.create_namespaced_secret, self.namespace, secret
-            )
-        except ExecutorError as err:
-            if err.status_code != 409:
-                raise
-            self._call(
-                f"Replace secret {name}",
-                self.core.replace_namespaced_secret,
-                name,
-                self.namespace,
-                secret,
-            )
-
-    def _own_secrets(self, job: Obj, secrets: list[Obj]) -> None:
-        """Make the Job the owner of the attempt's Secrets: deleting it deletes them."""
-        meta = job.get("metadata") or {}
-        owner = {
-            "apiVersion": "batch/v1",
-            "kind": "Job",
-            "name": meta.get("name"),
-            "uid": meta.get("uid"),
-        }
-        for secret in secrets:
-            name = secret["metadata"]["name"]
-            self._call(
-                f"Own secret {name}",
-                self.core.patch_namespaced_secret,
-                name,
-                self.namespace,
-                {"metadata": {"ownerReferences": [owner]}},
-            )
 
     def _await_start(self, spec: JobSpec) -> None:
         """Wait (up to ``start_timeout``) until the pod runs or ends; raise (and delete the
@@ -442,7 +265,7 @@ class KubernetesExecutor(BaseExecutor):
             return state.started
 
         try:
-            if self._watch(spec.name, decided, self.start_timeout) is not None:
+            if self.cluster.watch(spec.name, decided, self.start_timeout) is not None:
                 return
             reason = waited_for or self._failed_create(spec.name) or "no reason given"
             raise ExecutorError(
@@ -456,7 +279,7 @@ class KubernetesExecutor(BaseExecutor):
 
     def _failed_create(self, name: str) -> str:
         """The Job controller's last FailedCreate words for the Job (a quota), or ''."""
-        events = self._call(
+        events = self.cluster.call(
             f"Events of job {name}",
             self.core.list_namespaced_event,
             self.namespace,
@@ -472,87 +295,24 @@ class KubernetesExecutor(BaseExecutor):
         """A Job is scheduled as soon as it exists: this is :meth:`run`."""
         return self.run(spec)
 
-    # ---- the Job and its pod --------------------------------------------------------------
-
-    def _read_job(self, name: str) -> Obj:
-        return self._call(f"Read job {name}", self.batch.read_namespaced_job, name, self.namespace)
-
-    def _pods(self, name: str) -> tuple[Obj | None, str]:
-        """The Job's newest pod that is not being deleted (None when it has none) and the
-        listing's resourceVersion. ContainerNotFoundError when the Job does not exist."""
-        listing = self._call(
-            f"Pods of job {name}",
-            self.core.list_namespaced_pod,
-            self.namespace,
-            label_selector=f"job-name={name}",
-        )
-        pod = pod_state.newest(pod_state.live(list(listing.get("items") or [])))
-        if pod is None:
-            self._read_job(name)  # raises ContainerNotFoundError when the Job is gone
-        return pod, str((listing.get("metadata") or {}).get("resourceVersion") or "")
-
-    def _watch(
-        self, name: str, done: Callable[[Obj | None], bool], timeout: float | None
-    ) -> Obj | None:
-        """List the Job's pod, then watch it until ``done(pod)``: that pod, or None after
-        ``timeout``. ContainerNotFoundError when the Job is gone."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        pod, version = self._pods(name)
-        while not done(pod):
-            left = _WATCH_SLICE if deadline is None else deadline - time.monotonic()
-            if left <= 0:
-                return None
-            relist = True
-            for kind, seen in self._events(name, version, min(left, _WATCH_SLICE)):
-                if kind in {"ERROR", "DELETED"}:  # expired, or the pod went: list again
-                    break
-                version = str((seen.get("metadata") or {}).get("resourceVersion") or version)
-                pod = seen
-                if done(pod):
-                    return pod
-            else:
-                relist = False
-            if relist:
-                pod, version = self._pods(name)
-        return pod
-
-    def _events(self, name: str, version: str, seconds: float) -> Iterator[tuple[str, Obj]]:
-        """The events of one watch request on the Job's pods, for at most ``seconds``."""
-        params: dict[str, Any] = {
-            "label_selector": f"job-name={name}",
-            "watch": True,
-            "timeout_seconds": max(1, math.ceil(seconds)),
-            "_preload_content": False,
-            "_request_timeout": (self.timeout, seconds),
-        }
-        if version:
-            params["resource_version"] = version
-        with self._cluster(f"Watch the pod of job {name}"):
-            response = self.core.list_namespaced_pod(self.namespace, **params)
-            try:
-                for line in _lines(response):
-                    event = json.loads(line)
-                    yield str(event.get("type") or ""), dict(event.get("object") or {})
-            finally:
-                response.close()
-                response.release_conn()
-
     # ---- watching and harvesting ---------------------------------------------------------
 
     def wait(self, container_id: str, timeout: float | None) -> int | None:
         """The container's exit code once the pod ended; None after ``timeout``."""
-        pod = self._watch(container_id, pod_state.pod_ended, timeout)
+        if (stopped := self._stopped.get(container_id)) is not None:
+            return pod_state.exit_code(stopped.pod)
+        pod = self.cluster.watch(container_id, pod_state.pod_ended, timeout)
         if pod is None:
             return None
         return pod_state.exit_code(pod)
 
     def inspect(self, container_id: str) -> ContainerState:
-        pod, _ = self._pods(container_id)
+        stopped = self._stopped.get(container_id)
+        pod = stopped.pod if stopped is not None else self.cluster.pod(container_id)[0]
         terminated = pod_state.terminated(pod)
         running = (pod_state.container_status(pod).get("state") or {}).get("running") or {}
-        word = pod_state.word(pod)
         return ContainerState(
-            status=word,
+            status=stopped.state_word if stopped is not None else pod_state.word(pod),
             exit_code=pod_state.exit_code(pod) if terminated else None,
             oom_killed=terminated.get("reason") == "OOMKilled",
             error=pod_state.pod_error(pod) or str(pod_state.waiting(pod).get("message") or ""),
@@ -562,31 +322,26 @@ class KubernetesExecutor(BaseExecutor):
             finished_at=pod_state.parse_time(terminated.get("finishedAt")),
         )
 
-    def _log_response(self, container_id: str, **params: Any) -> Any:
-        """The raw log answer of the Job's pod, or None when it has no pod."""
-        pod, _ = self._pods(container_id)
-        if pod is None:
-            return None
-        return self.core.read_namespaced_pod_log(
-            pod["metadata"]["name"],
-            self.namespace,
-            container=kubernetes_spec.CONTAINER,
-            _preload_content=False,
-            _request_timeout=self.timeout,
-            **params,
-        )
+    def _pod_name(self, container_id: str) -> str | None:
+        pod, _ = self.cluster.pod(container_id)
+        return None if pod is None else str(pod["metadata"]["name"])
 
     def iter_output(self, container_id: str, stream: Stream) -> Iterator[bytes]:
-        """The merged output as ``stdout``; ``stderr`` is empty (Kubernetes keeps one stream)."""
-        with self._cluster(f"Read the output of job {container_id}"):
+        """The merged output as ``stdout``; ``stderr`` is empty (Kubernetes keeps one stream).
+        A stopped pod's is what was read before it went."""
+        if (stopped := self._stopped.get(container_id)) is not None:
+            if stream == "stdout" and stopped.output:
+                yield stopped.output
+            return
+        with self.cluster.translating(f"Read the output of job {container_id}"):
             if stream == "stderr":
-                self._read_job(container_id)  # ContainerNotFoundError as for stdout
+                self.cluster.read_job(container_id)  # ContainerNotFoundError as for stdout
                 return
-            response = self._log_response(container_id)
-            if response is None:
+            if (pod_name := self._pod_name(container_id)) is None:
                 return
+            response = self.cluster.log(pod_name)
             try:
-                yield from response.stream(_READ_SIZE, decode_content=True)
+                yield from chunks(response)
             finally:
                 response.release_conn()
 
@@ -594,13 +349,36 @@ class KubernetesExecutor(BaseExecutor):
         for chunk in self.iter_output(container_id, "stdout"):
             yield "stdout", chunk
 
+    def follow_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
+        """The merged output as the container writes it (the pod's log, followed), until it
+        exited; ExecutorError when the log ended while the container still ran (the
+        harvest then reads it again)."""
+        with self.cluster.translating(f"Follow the output of job {container_id}"):
+            if (pod_name := self._pod_name(container_id)) is None:
+                raise ExecutorError(f"Job {container_id} has no pod to follow")
+            response = self.cluster.log(pod_name, follow=True, timestamps=True)
+            try:
+                for text in untimed(chunks(response)):
+                    yield "stdout", text
+            finally:
+                response.release_conn()
+        if container_id in self._stopping:
+            return  # the stop ended it: the log ends with the container
+        ended = self.cluster.watch(
+            container_id, pod_state.pod_ended, kubernetes_stop.SETTLE_SECONDS
+        )
+        if ended is None:
+            raise ExecutorError(f"The log of job {container_id} ended while its container ran")
+
     def tail_output(self, container_id: str, stream: Stream, lines: int) -> bytes:
         if stream == "stderr":
             return b""
-        with self._cluster(f"Tail the output of job {container_id}"):
-            response = self._log_response(container_id, tail_lines=lines)
-            if response is None:
+        if (stopped := self._stopped.get(container_id)) is not None:
+            return b"".join(stopped.output.splitlines(keepends=True)[-lines:])
+        with self.cluster.translating(f"Tail the output of job {container_id}"):
+            if (pod_name := self._pod_name(container_id)) is None:
                 return b""
+            response = self.cluster.log(pod_name, tail_lines=lines)
             try:
                 return bytes(response.data)
             finally:
@@ -608,90 +386,80 @@ class KubernetesExecutor(BaseExecutor):
 
     def find_container(self, name: str) -> str | None:
         try:
-            return str(self._read_job(name)["metadata"]["name"])
+            return str(self.cluster.read_job(name)["metadata"]["name"])
         except ContainerNotFoundError:
             return None
 
     def stop_container(self, container_id: str, grace: int | None = None) -> bool:
-        """End the pod through its active deadline (SIGTERM, SIGKILL after the pod's grace
-        period, which ``grace`` cannot change) and wait until the kubelet ended it and the
-        grace period is over; its output stays. The kubelet of 1.20 does not report the
-        killed container's exit code (:func:`~.kubernetes_pods.stopped`). A pod with no
-        node yet (or a Job without a pod) is removed with its Job."""
+        """Delete the pod with ``grace`` seconds (default ``STOP_GRACE_SECONDS``): SIGTERM,
+        then SIGKILL; its output and its container's end, when the kubelet reports it, are
+        kept for the harvest (:mod:`~.kubernetes_stop`). A pod with no node yet (or a Job
+        without a pod) is removed with its Job. A stop tried again resumes on the pod being
+        deleted. A grace of 0 is sent as 1: the API removes a pod deleted with 0 at once,
+        before the kubelet killed its container and could report it."""
+        grace = max(1, get_settings().STOP_GRACE_SECONDS if grace is None else grace)
         try:
-            pod, _ = self._pods(container_id)
+            pods, version = self.cluster.job_pods(container_id)
+            pod = pod_state.newest(pods)
+            if pod is None:
+                self.cluster.read_job(container_id)  # ContainerNotFoundError: gone already
         except ContainerNotFoundError:
             return True
-        if pod is not None and pod_state.pod_ended(pod):
+        if pod is not None and pod_state.pod_ended(pod) and not _deleting(pod):
             return True
         if pod is None or not (pod.get("spec") or {}).get("nodeName"):
             return self.cleanup(container_id)
-        name = pod["metadata"]["name"]
+        self._stopping.add(container_id)
         try:
-            self._call(
-                f"Stop pod {name} of job {container_id}",
-                self.core.patch_namespaced_pod,
-                name,
-                self.namespace,
-                {"spec": {"activeDeadlineSeconds": 1}},
-            )
+            stopped = kubernetes_stop.stop(self.cluster, container_id, pod, version, grace)
         except ContainerNotFoundError:
-            return True
-        pod_grace = int((pod.get("spec") or {}).get("terminationGracePeriodSeconds") or 0)
-        with suppress(ContainerNotFoundError):
-            ended = self._watch(container_id, pod_state.pod_ended, pod_grace + _SETTLE_SECONDS)
-            if ended is not None and not pod_state.terminated(ended):
-                # The kill's end is not reported: give it its grace period, or until a
-                # kubelet that reports it does.
-                self._watch(container_id, lambda p: bool(pod_state.terminated(p)), pod_grace + 1)
+            return True  # the Job went meanwhile
+        with self._lock:
+            while len(self._stopped) >= _STOPPED_KEPT:
+                self._forget(next(iter(self._stopped)))
+            self._stopped[container_id] = stopped
         return True
+
+    def _forget(self, container_id: str) -> None:
+        self._stopped.pop(container_id, None)
+        self._stopping.discard(container_id)
 
     def cleanup(self, container_id: str) -> bool:
         """Delete the Job, its pods at once (SIGKILL, as a forced removal of a container:
         the garbage collector would take a moment) and the attempt's Secrets; True also when
         they are gone."""
         self.discard(container_id)
-        self._call(
+        self.cluster.call(
             f"Delete the pods of job {container_id}",
             self.core.delete_collection_namespaced_pod,
             self.namespace,
             label_selector=f"job-name={container_id}",
             grace_period_seconds=0,
         )
-        self._delete_secrets(container_id)
+        kubernetes_secrets.delete_of(self.cluster, container_id)
         return True
 
     def discard(self, container_id: str) -> None:
         """After harvesting (the worker's hot path): one request, the Job's; its pod and the
         Secrets it owns go with it."""
         with suppress(ContainerNotFoundError):
-            self._call(
+            self.cluster.call(
                 f"Delete job {container_id}",
                 self.batch.delete_namespaced_job,
                 container_id,
                 self.namespace,
                 body={"propagationPolicy": "Background"},
             )
-
-    def _delete_secrets(self, name: str) -> None:
-        """The attempt's Secrets, should the Job never have owned them (a crash between)."""
-        for secret in (
-            kubernetes_spec.env_secret_name(name),
-            kubernetes_spec.pull_secret_name(name),
-        ):
-            with suppress(ContainerNotFoundError):
-                self._call(
-                    f"Delete secret {secret}",
-                    self.core.delete_namespaced_secret,
-                    secret,
-                    self.namespace,
-                )
+        with self._lock:
+            self._forget(container_id)
 
     # ---- inspection and maintenance ------------------------------------------------------
 
     def check_status(self, container_id: str) -> str:
+        if (stopped := self._stopped.get(container_id)) is not None:
+            return stopped.state_word
         try:
-            pod, _ = self._pods(container_id)
+            pod, _ = self.cluster.pod(container_id)
         except ContainerNotFoundError:
             return "not-found"
         return pod_state.word(pod)
@@ -708,19 +476,18 @@ class KubernetesExecutor(BaseExecutor):
 
     def get_resource_usage(self, container_id: str) -> dict[str, Any]:
         """Zeros (no metrics API is assumed); ContainerNotFoundError when the Job is gone."""
-        self._read_job(container_id)
+        self.cluster.read_job(container_id)
         return no_usage()
 
     def list_containers(self) -> list[dict[str, Any]]:
         """This app's Jobs in the namespace: labelled managed, and with every
         ``CONTAINER_LABELS`` label; status and end from each one's pod (the Job's own status
         follows the pod's a moment later)."""
-        scope = {**get_settings().CONTAINER_LABELS, LABEL_MANAGED: "true"}
-        selector = ",".join(f"{key}={value}" for key, value in scope.items())
-        jobs = self._call(
+        selector = _scope()
+        jobs = self.cluster.call(
             "List jobs", self.batch.list_namespaced_job, self.namespace, label_selector=selector
         )
-        pods = self._call(
+        pods = self.cluster.call(
             "List pods", self.core.list_namespaced_pod, self.namespace, label_selector=selector
         )
         by_job: dict[str, list[Obj]] = {}
@@ -734,10 +501,21 @@ class KubernetesExecutor(BaseExecutor):
             for job in jobs.get("items") or []
         ]
 
+    def leftovers(self, made_before: datetime) -> list[Leftover]:
+        """The attempts' Secrets (the app's labels) whose Job does not exist, made before
+        ``made_before`` and before a launch's last few API deadlines (a launch makes its
+        Secrets, then its Job)."""
+        launching = timezone.now() - timedelta(seconds=_LAUNCH_CALLS * self.timeout)
+        return kubernetes_secrets.orphans(self.cluster, _scope(), min(made_before, launching))
+
+    def remove_leftover(self, leftover_id: str) -> bool:
+        kubernetes_secrets.delete(self.cluster, leftover_id)
+        return True
+
     def health_check(self) -> bool:
         """Whether the API server answers /readyz with ok."""
         try:
-            with self._cluster("Ask /readyz"):
+            with self.cluster.translating("Ask /readyz"):
                 request = self.api.param_serialize("GET", "/readyz", auth_settings=["BearerToken"])
                 response = self.api.call_api(*request, _request_timeout=self.timeout)
                 response.read()
@@ -747,13 +525,12 @@ class KubernetesExecutor(BaseExecutor):
 
     def get_version(self) -> str:
         """The cluster's version (``/version``'s gitVersion)."""
-        version = self._call("Cluster version", _sdk().client.VersionApi(self.api).get_code)
-        return str(version.get("gitVersion") or "unknown")
+        return str(self._version().get("gitVersion") or "unknown")
 
     def capacity(self) -> tuple[float, int] | None:
         """The nodes' allocatable CPUs and memory (MB), when this account may list nodes."""
         try:
-            nodes = self._call("List nodes", self.core.list_node)
+            nodes = self.cluster.call("List nodes", self.core.list_node)
         except ExecutorError as err:
             if err.status_code == 403:  # a namespaced account: the cluster's own business
                 return None
@@ -767,31 +544,16 @@ class KubernetesExecutor(BaseExecutor):
 
     def check(self) -> list[str]:
         problems = []
-        if not self.target.in_cluster and (problem := _context_problem(self.target)):
+        if not self.target.in_cluster and (problem := context_problem(self.target)):
             problems.append(problem)
         return problems
 
 
-def _lines(response: Any) -> Iterator[bytes]:
-    """The lines of a watch answer as they arrive; a read that times out ends them."""
-    pending = b""
-    try:
-        for chunk in response.stream(_READ_SIZE, decode_content=True):
-            parts = (pending + chunk).split(b"\n")
-            pending = parts.pop()
-            yield from (part for part in parts if part.strip())
-    except Exception as err:  # the watch's own deadline: no more events in this slice
-        if "timed out" not in str(err).lower() and "timeout" not in type(err).__name__.lower():
-            raise
-    if pending.strip():
-        yield pending
+def _scope() -> str:
+    """The label selector of what this app made: managed, and every ``CONTAINER_LABELS``."""
+    scope = {**get_settings().CONTAINER_LABELS, LABEL_MANAGED: "true"}
+    return ",".join(f"{key}={value}" for key, value in scope.items())
 
 
-def _api_message(err: Exception) -> str:
-    """The API server's message of an error answer (its Status object), else the reason."""
-    body = getattr(err, "body", None)
-    try:
-        message = json.loads(body or b"{}").get("message")
-    except (ValueError, AttributeError):
-        message = None
-    return str(message or getattr(err, "reason", "") or err)
+def _deleting(pod: Obj) -> bool:
+    return bool((pod.get("metadata") or {}).get("deletionTimestamp"))

@@ -95,9 +95,10 @@ def unschedulable(pod: Obj | None) -> str:
 
 
 def stopped(pod: Obj | None) -> bool:
-    """Whether the kubelet ended the pod for its active deadline (how the executor stops
-    one). The kubelet of 1.20 then kills the container (SIGTERM, SIGKILL after the grace
-    period) but never reports it: the pod's container status stays ``running``."""
+    """Whether the kubelet ended the pod for an active deadline (``activeDeadlineSeconds``,
+    which a cluster's admission may set; the executor stops a pod by deleting it). The
+    kubelet of 1.20 then kills the container (SIGTERM, SIGKILL after the grace period) but
+    never reports it: the pod's container status stays ``running``."""
     return phase(pod) == "Failed" and ((pod or {}).get("status") or {}).get("reason") == (
         "DeadlineExceeded"
     )

@@ -41,7 +41,7 @@ import json
 from typing import Any
 
 from ..conf import get_settings
-from ..spec import JobSpec, parse_user
+from ..spec import SHM_PATH, JobSpec, parse_user, shm_refusal
 
 __all__ = [
     "CONTAINER",
@@ -78,7 +78,6 @@ CONTAINER = "job"
 #: Seconds the cluster keeps a finished Job the app has not removed (a worker that never came
 #: back): the app removes it after harvesting.
 TTL_AFTER_FINISHED = 24 * 3600
-_SHM = "/dev/shm"
 _GPU = "nvidia.com/gpu"
 
 
@@ -106,12 +105,7 @@ def spec_refusals(spec: JobSpec) -> dict[str, str]:
             "The kubernetes executor cannot honour bind mounts: a node's paths are not the"
             " worker's; use a volume (a PersistentVolumeClaim of the namespace) or tmpfs."
         )
-    if spec.shm_size_mb and any(m.target.rstrip("/") == _SHM for m in spec.mounts):
-        errors["shm_size_mb"] = (
-            "The kubernetes executor makes shm_size_mb a memory volume at /dev/shm: the job"
-            " mounts something there already."
-        )
-    return errors
+    return {**errors, **shm_refusal(spec, "kubernetes", "a memory volume")}
 
 
 def node_selector(constraints: list[str]) -> dict[str, str]:
@@ -196,7 +190,7 @@ def _volumes(spec: JobSpec) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]
         volumes.append(
             {"name": "shm", "emptyDir": {"medium": "Memory", "sizeLimit": f"{spec.shm_size_mb}Mi"}}
         )
-        mounts.append({"name": "shm", "mountPath": _SHM})
+        mounts.append({"name": "shm", "mountPath": SHM_PATH})
     return volumes, mounts
 
 

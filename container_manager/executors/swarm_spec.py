@@ -38,7 +38,7 @@ from docker.types import ContainerSpec, Mount, Resources
 from docker.utils import version_gte
 
 from ..conf import get_settings
-from ..spec import JobSpec, RegistryAuth
+from ..spec import SHM_PATH, JobSpec, RegistryAuth, shm_refusal
 from .docker_spec import _mount
 
 __all__ = [
@@ -76,7 +76,6 @@ _FIELD_API = {
     "cap_drop": "1.41",
     "pids_limit": _PIDS_API,
 }
-_SHM = "/dev/shm"
 
 
 def swarm_network(spec: JobSpec) -> str | None:
@@ -92,18 +91,13 @@ def spec_refusals(spec: JobSpec) -> dict[str, str]:
     (the engine: "could not find the corresponding predefined swarm network"; without
     networks a task gets the default bridge, not no network), and ``shm_size_mb`` beside a
     mount of the job's own at /dev/shm."""
-    errors = {}
+    errors: dict[str, str] = {}
     if swarm_network(spec) == "none":  # asked for by the job, not NETWORK_MODE's default
         errors["network"] = (
             "The swarm executor cannot honour network 'none': Swarm has no such network"
             " (its predefined networks are bridge and host)."
         )
-    if spec.shm_size_mb and any(m.target.rstrip("/") == _SHM for m in spec.mounts):
-        errors["shm_size_mb"] = (
-            "The swarm executor makes shm_size_mb a tmpfs at /dev/shm: the job mounts"
-            " something there already."
-        )
-    return errors
+    return {**errors, **shm_refusal(spec, "swarm", "a tmpfs")}
 
 
 def version_refusals(spec: JobSpec, api_version: str) -> dict[str, str]:
@@ -145,7 +139,9 @@ def container_spec(spec: JobSpec, api_version: str) -> ContainerSpec:
 def _mounts(spec: JobSpec) -> list[Mount]:
     mounts = [_mount(m) for m in spec.mounts]
     if spec.shm_size_mb:
-        mounts.append(Mount(_SHM, None, type="tmpfs", tmpfs_size=spec.shm_size_mb * 1024 * 1024))
+        mounts.append(
+            Mount(SHM_PATH, None, type="tmpfs", tmpfs_size=spec.shm_size_mb * 1024 * 1024)
+        )
     return mounts
 
 

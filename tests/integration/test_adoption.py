@@ -4,7 +4,6 @@ to run), finishes them and every other job, each exactly once, and leaves no con
 
 from __future__ import annotations
 
-import signal
 import time
 
 import pytest
@@ -12,8 +11,8 @@ from django.db.models import Count
 
 from container_manager.models import ContainerJob, JobAttempt, JobStatus
 from container_manager.queue import submit
-from tests.conftest import job_containers, until
-from tests.processes import worker_process
+from tests.conftest import job_containers
+from tests.processes import worker_killed_mid_run, worker_process
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
@@ -33,14 +32,7 @@ def test_a_burst_worker_adopts_the_jobs_of_a_killed_worker_at_once(
         "STATS_INTERVAL": 5.0,
         "CONTAINER_LABELS": settings.CONTAINER_MANAGER["CONTAINER_LABELS"],
     }
-    first = worker_process("--concurrency", "4", settings=conf)
-    try:
-        until(
-            lambda: ContainerJob.objects.filter(status=JobStatus.RUNNING).count() == 4, timeout=60
-        )
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+    first = worker_killed_mid_run(4, conf)
     held = set(
         ContainerJob.objects.filter(status__in=JobStatus.active()).values_list(
             "worker_id", flat=True

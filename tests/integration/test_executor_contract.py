@@ -303,3 +303,11 @@ def test_list_containers_includes_what_the_app_ran(engine):
 def test_health_check_and_version(engine):
     assert engine.executor.health_check() is True
     assert engine.executor.get_version()
+
+
+def contract(*, but: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The contract's tests by name, but ``but``: a module that runs them against its own
+    ``engine`` fixture takes them in with ``globals().update(contract())``."""
+    tests = {name: test for name, test in globals().items() if name.startswith("test_")}
+    assert set(but) <= set(tests), f"not tests of the contract: {set(but) - set(tests)}"
+    return {name: test for name, test in tests.items() if name not in but}

@@ -11,12 +11,12 @@ deleted at the end.
 
 from __future__ import annotations
 
-import signal
 import threading
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import suppress
+from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -24,8 +24,10 @@ from typing import Any
 import pytest
 from django.core.management import call_command
 from django.db.models import Count
+from django.utils import timezone
 
 from container_manager.exceptions import ImageAccessDeniedError, ImageUnavailableError
+from container_manager.executors import kubernetes_secrets, kubernetes_spec
 from container_manager.executors.base import BaseExecutor, JobSpec
 from container_manager.executors.kubernetes import KubernetesExecutor, cluster_url
 from container_manager.models import ContainerJob, ExecutorHost, JobAttempt, JobStatus
@@ -37,27 +39,15 @@ from container_manager.worker import Worker
 from tests import cluster as clusters
 from tests import registry
 from tests.cluster import KUBECONFIG
-from tests.conftest import SESSION_ID, SESSION_LABEL, until
-from tests.integration.test_executor_contract import (  # noqa: F401
-    Engine,
-    _output,
-    test_a_failed_start_raises_and_leaves_no_container,
-    test_an_engine_that_does_not_answer,
-    test_an_unknown_container,
-    test_cleanup_is_idempotent_and_the_container_is_then_gone,
-    test_find_container_by_the_specs_name,
-    test_health_check_and_version,
-    test_launch_job_returns_true_and_the_container_id,
-    test_launch_job_with_a_malformed_image_returns_false,
-    test_launch_job_with_a_missing_image_returns_false_and_why,
-    test_list_containers_includes_what_the_app_ran,
-    test_run_twice_with_the_same_spec_returns_the_same_container,
-    test_run_wait_and_inspect_agree_on_the_exit_code,
-)
-from tests.processes import worker_process
+from tests.conftest import SESSION_ID, SESSION_LABEL, output_seen_running, until
+from tests.integration.test_executor_contract import Engine, _output, contract
+from tests.processes import worker_killed_mid_run, worker_process
 from tests.registry import PrivateImage
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
+
+# The executor contract, but where Kubernetes differs (below).
+globals().update(contract(but=("test_stdout_and_stderr_are_kept_apart",)))
 
 # The session fixtures of the cluster and the private registry, taken in by name.
 cluster = clusters.cluster
@@ -142,6 +132,12 @@ def fresh(job: ContainerJob) -> ContainerJob:
     return job
 
 
+def batch_api(core: Any) -> Any:
+    from kubernetes import client
+
+    return client.BatchV1Api(core.api_client)
+
+
 def jobs_named(batch: Any, namespace: str, name: str) -> list[Any]:
     return [
         j
@@ -166,22 +162,54 @@ def test_stdout_and_stderr_arrive_merged_as_stdout(engine):
     assert engine.executor.effective(spec).describe()["merged_output"] is True
 
 
-def test_wait_times_out_then_stop_ends_the_pod(engine):
-    # The contract's test, but the kubelet of 1.20 never reports the killed container's end
-    # (its status stays running in a Failed pod): no exit code is invented.
-    spec = engine.spec(["sh", "-c", "echo started; trap '' TERM; sleep 30"], None)
+def test_a_stop_deletes_the_pod_and_keeps_its_output_and_exit_code(engine, core, kube_namespace):
+    # The job handles SIGTERM: what it prints then, and its exit code, are kept.
+    spec = engine.spec(
+        ["sh", "-c", "trap 'echo terminated; exit 143' TERM; echo started;"
+         " while true; do sleep 0.1; done"], None,  # type: ignore[arg-type]
+    )  # fmt: skip
     container_id = engine.run(spec)
+    until(lambda: engine.executor.get_logs(container_id) == "started\n", timeout=15)
 
-    assert engine.executor.wait(container_id, timeout=0.3) is None
-    assert engine.executor.check_status(container_id) == "running"
     started = time.monotonic()
-    assert engine.executor.stop_container(container_id, grace=0) is True
-    assert time.monotonic() - started < 15
+    assert engine.executor.stop_container(container_id, grace=10) is True
+    took = time.monotonic() - started
+
+    assert took < 10, f"ended by SIGTERM, not the grace period ({took:.1f}s)"
+    pods = core.list_namespaced_pod(
+        kube_namespace, label_selector=f"job-name={container_id}", _request_timeout=10
+    ).items
+    assert len(pods) <= 1 and all(p.metadata.deletion_timestamp for p in pods), (
+        "the pod is deleted (or going), and no other made in its place"
+    )
     state = engine.executor.inspect(container_id)
-    assert state.has_exited
-    assert state.exit_code == 137 or (state.exit_code is None and "DeadlineExceeded" in state.error)
-    assert engine.executor.wait(container_id, timeout=5) is not None
-    assert _output(engine.executor, container_id, "stdout") == b"started\n", "output kept"
+    assert (state.status, state.exit_code) == ("exited", 143)
+    assert _output(engine.executor, container_id, "stdout") == b"started\nterminated\n"
+
+
+def test_a_job_that_ignores_sigterm_is_killed_after_the_grace(engine):
+    spec = engine.spec(["sh", "-c", "trap '' TERM; echo started; sleep 60"], None)
+    container_id = engine.run(spec)
+    assert engine.executor.wait(container_id, timeout=0.3) is None
+
+    started = time.monotonic()
+    assert engine.executor.stop_container(container_id, grace=2) is True
+    took = time.monotonic() - started
+
+    assert 2 <= took < 40, f"SIGKILL after the grace period ({took:.1f}s)"
+    state = engine.executor.inspect(container_id)
+    assert (state.status, state.exit_code) == ("exited", 137), f"stop took {took:.1f}s"
+    assert engine.executor.wait(container_id, timeout=5) == 137
+
+
+def test_a_followed_log_keeps_long_lines_whole(engine):
+    # The engine logs a line longer than 16 KiB in pieces, each with its own time.
+    spec = engine.spec(["sh", "-c", "head -c 40000 /dev/zero | tr '\\0' x; echo; sleep 2;"
+                        " echo end"], None)  # type: ignore[arg-type]  # fmt: skip
+    container_id = engine.run(spec)
+    followed = b"".join(chunk for _, chunk in engine.executor.follow_outputs(container_id))
+    assert followed == b"x" * 40000 + b"\nend\n"
+    assert _output(engine.executor, container_id, "stdout") == followed
 
 
 def test_a_job_that_runs_a_while_is_not_killed(engine):
@@ -316,9 +344,11 @@ def test_jobs_complete_and_fail_with_their_output_exit_codes_and_oom(
         assert jobs_named(batch, kube_namespace, job.container_id) == []
 
 
-def test_a_timeout_and_a_cancellation_stop_the_pod(k8s_host, batch):
-    slow = submit(host=k8s_host, image=TEST_IMAGE, command="sleep 60", timeout_seconds=3)
-    doomed = submit(host=k8s_host, image=TEST_IMAGE, command="sleep 60")
+def test_a_timeout_and_a_cancellation_stop_the_pod(k8s_host, core, kube_namespace):
+    # PID 1 of each ignores SIGTERM (no handler): SIGKILL after STOP_GRACE_SECONDS (1 s).
+    slow = submit(host=k8s_host, image=TEST_IMAGE, command="sh -c 'echo slow; sleep 60'",
+                  timeout_seconds=3)  # fmt: skip
+    doomed = submit(host=k8s_host, image=TEST_IMAGE, command="sh -c 'echo doomed; sleep 60'")
     worker = Worker(concurrency=2, burst=True, shutdown_timeout=10)
     thread = threading.Thread(target=worker.run)
     started = time.monotonic()
@@ -332,15 +362,29 @@ def test_a_timeout_and_a_cancellation_stop_the_pod(k8s_host, batch):
         worker.stop()
         thread.join(30)
     slow, doomed = fresh(slow), fresh(doomed)
-    attempt = JobAttempt.objects.get(job=slow)
-    assert slow.status == JobStatus.TIMEOUT, (
-        slow.last_error,
-        slow.exit_code,
-        f"attempt {attempt.started_at:%T.%f}-{attempt.finished_at:%T.%f},"
-        f" running from {slow.started_at:%T.%f}",
+    assert (slow.status, slow.exit_code, slow.stdout_log) == (JobStatus.TIMEOUT, 137, "slow\n"), (
+        slow.last_error
     )
-    assert doomed.status == JobStatus.CANCELLED
+    assert slow.last_error == "Timed out after 3s; stopped."
+    assert (doomed.status, doomed.exit_code, doomed.stdout_log) == (
+        JobStatus.CANCELLED, 137, "doomed\n"
+    )  # fmt: skip
+    assert JobAttempt.objects.get(job=slow).exit_code == 137
     assert time.monotonic() - started < 40, "stopped, not waited out"
+    for job in (slow, doomed):
+        assert jobs_named(batch_api(core), kube_namespace, job.container_id) == []
+
+
+def test_a_running_jobs_output_is_recorded_while_it_runs(k8s_host, settings):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "LIVE_OUTPUT_INTERVAL": 0.2}
+    script = "echo first; echo oops >&2; sleep 6; echo second"
+    job = submit(host=k8s_host, image=TEST_IMAGE, command=["sh", "-c", script])
+    seen = output_seen_running(job, timeout=30, stderr=False)  # merged
+    assert seen == [("first\noops\n", "")], "recorded while the pod ran (merged)"
+    job = fresh(job)
+    assert (job.status, job.stdout_log, job.stderr_log) == (
+        JobStatus.COMPLETED, "first\noops\nsecond\n", ""
+    )  # fmt: skip
 
 
 def test_a_worker_killed_mid_run_leaves_jobs_another_adopts(k8s_host, settings):
@@ -353,14 +397,7 @@ def test_a_worker_killed_mid_run_leaves_jobs_another_adopts(k8s_host, settings):
         "LEASE_SECONDS": 60.0,
         "CONTAINER_LABELS": settings.CONTAINER_MANAGER["CONTAINER_LABELS"],
     }
-    first = worker_process("--concurrency", "3", settings=conf)
-    try:
-        until(
-            lambda: ContainerJob.objects.filter(status=JobStatus.RUNNING).count() == 3, timeout=60
-        )
-    finally:
-        first.send_signal(signal.SIGKILL)
-        first.wait(10)
+    worker_killed_mid_run(3, conf)
     second = worker_process("--burst", "--concurrency", "3", settings=conf)
     out, _ = second.communicate(timeout=90)
     assert second.returncode == 0, out.decode()[-3000:]
@@ -414,6 +451,59 @@ def test_the_reaper_removes_its_own_finished_jobs_and_leaves_a_foreign_one(
         batch.delete_namespaced_job(
             foreign, kube_namespace, propagation_policy="Background", _request_timeout=10
         )
+
+
+def _secret_names(core: Any, namespace: str) -> set[str]:
+    return {s.metadata.name for s in core.list_namespaced_secret(
+        namespace, _request_timeout=10).items}  # fmt: skip
+
+
+def test_the_reaper_removes_the_apps_secrets_whose_job_is_gone_and_no_other(
+    engine, core, batch, kube_namespace, settings
+):
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "ENGINE_TIMEOUT": 1.0}
+    executor = engine.executor
+
+    def with_secret(argv: list[str]) -> JobSpec:
+        spec = engine.spec(argv, None)  # type: ignore[arg-type]
+        return replace(spec, secrets={"TOKEN": "t0ken"}, secret_references={"TOKEN": "env:T"})
+
+    # A worker that died between making the attempt's Secret and its Job:
+    crashed = with_secret(["true"])
+    for secret in kubernetes_spec.secret_manifests(crashed):
+        kubernetes_secrets.put(executor.cluster, secret)
+    # A Job deleted without its dependents (orphan propagation: the owner reference goes):
+    orphaned = with_secret(["true"])
+    assert executor.wait(engine.run(orphaned), timeout=30) == 0
+    batch.delete_namespaced_job(
+        orphaned.name, kube_namespace, propagation_policy="Orphan", _request_timeout=10
+    )
+    # A Job that still exists, and a Secret of the same shape the app did not make:
+    alive = with_secret(["true"])
+    assert executor.wait(engine.run(alive), timeout=30) == 0
+    foreign = f"cm-{uuid.uuid4().hex}-1-env"
+    core.create_namespaced_secret(kube_namespace, {"metadata": {"name": foreign},
+                                  "stringData": {"k": "v"}}, _request_timeout=10)  # fmt: skip
+    time.sleep(5)  # older than a launch's four API deadlines (ENGINE_TIMEOUT 1 s)
+    young = with_secret(["true"])  # a launch between its Secret and its Job, just now
+    for secret in kubernetes_spec.secret_manifests(young):
+        kubernetes_secrets.put(executor.cluster, secret)
+
+    lister = KubernetesExecutor({"docker_host": engine.host, "timeout": 1})
+    listed = {leftover.id for leftover in lister.leftovers(timezone.now())}
+    assert listed == {f"{crashed.name}-env", f"{orphaned.name}-env"}, listed
+
+    removed = {r.container_id: r.reason for r in reap(older_than=timedelta(0))}
+
+    envs = {spec.name: f"{spec.name}-env" for spec in (crashed, orphaned, alive, young)}
+    assert envs[crashed.name] in removed and envs[orphaned.name] in removed, removed
+    assert removed[envs[crashed.name]] == f"orphan secret: its job {crashed.name} does not exist"
+    left = _secret_names(core, kube_namespace)
+    assert envs[crashed.name] not in left and envs[orphaned.name] not in left
+    assert {envs[young.name], foreign} <= left, "too young to tell, and not the app's"
+    assert envs[alive.name] not in removed, "its Job exists (the reaper removed the Job)"
+    kubernetes_secrets.delete_of(executor.cluster, young.name)
+    core.delete_namespaced_secret(foreign, kube_namespace, _request_timeout=10)
 
 
 def test_container_host_add_registers_a_cluster(db, kube_namespace, capsys):

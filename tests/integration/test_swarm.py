@@ -34,25 +34,11 @@ from tests.conftest import SESSION_ID, SESSION_LABEL, _require, until
 from tests.engines import DedicatedEngine, free_port
 
 # The executor contract, run here against the swarm executor (where every concept matches).
-from tests.integration.test_executor_contract import (  # noqa: F401
-    Engine,
-    test_a_failed_start_raises_and_leaves_no_container,
-    test_an_engine_that_does_not_answer,
-    test_an_unknown_container,
-    test_cleanup_is_idempotent_and_the_container_is_then_gone,
-    test_find_container_by_the_specs_name,
-    test_health_check_and_version,
-    test_launch_job_returns_true_and_the_container_id,
-    test_launch_job_with_a_malformed_image_returns_false,
-    test_launch_job_with_a_missing_image_returns_false_and_why,
-    test_list_containers_includes_what_the_app_ran,
-    test_run_twice_with_the_same_spec_returns_the_same_container,
-    test_run_wait_and_inspect_agree_on_the_exit_code,
-    test_stdout_and_stderr_are_kept_apart,
-    test_wait_times_out_then_stop_ends_the_container,
-)
+from tests.integration.test_executor_contract import Engine, contract
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
+
+globals().update(contract())
 
 
 @pytest.fixture(scope="module")

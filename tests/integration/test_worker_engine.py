@@ -10,7 +10,7 @@ import pytest
 from container_manager.models import ContainerJob, JobAttempt, JobStatus
 from container_manager.queue import submit
 from container_manager.worker import Worker
-from tests.conftest import job_containers
+from tests.conftest import job_containers, output_seen_running
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
@@ -173,19 +173,7 @@ def test_a_running_jobs_latest_output_is_recorded_while_it_runs(engine_host, tes
     job = run(
         engine_host, test_image, ["sh", "-c", "echo first; echo oops >&2; sleep 3; echo second"]
     )
-    worker = Worker(concurrency=1, burst=True, shutdown_timeout=10)
-    thread = threading.Thread(target=worker.run)
-    thread.start()
-    seen = []
-    try:
-        deadline = time.monotonic() + 15
-        while time.monotonic() < deadline and not seen:
-            job = fresh(job)
-            if job.status == JobStatus.RUNNING and job.stdout_log and job.stderr_log:
-                seen.append((job.stdout_log, job.stderr_log))
-            time.sleep(0.05)
-    finally:
-        thread.join(20)
+    seen = output_seen_running(job, timeout=15, stderr=True)
     assert seen == [("first\n", "oops\n")], "recorded while the container ran"
     job = fresh(job)
     assert (job.status, job.stdout_log, job.stderr_log) == (

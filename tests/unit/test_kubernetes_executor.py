@@ -68,6 +68,14 @@ class Answer:
                 raise chunk
             yield chunk
 
+    def read1(self, amt: int) -> bytes:
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        if isinstance(chunk, Exception):
+            raise chunk
+        return chunk
+
     def release_conn(self) -> None:
         self.released = True
 
@@ -114,9 +122,16 @@ class Cluster:
     calls: list[tuple[str, dict]] = field(default_factory=list)
     fail: dict[str, Exception] = field(default_factory=dict)
     logs: bytes = b"out\nerr\n"
+    #: What a watch request gets next (taken by it), as the API server sends them.
+    watch_events: list[dict] = field(default_factory=list)
+    #: The exit code the kubelet reports for a deleted pod's container (None: none).
+    killed_exit: int | None = 143
 
     def record(self, name: str, kwargs: dict) -> None:
         assert "_request_timeout" in kwargs, f"{name} without a deadline"
+        timeout = kwargs["_request_timeout"]  # the client takes numbers > 0, or two of them
+        for part in timeout if isinstance(timeout, tuple) else (timeout,):
+            assert isinstance(part, int | float) and part > 0, f"{name}: timeout {timeout}"
         self.calls.append((name, kwargs))
         if name in self.fail:
             raise self.fail[name]
@@ -153,8 +168,9 @@ class Cluster:
     # core/v1
     def list_namespaced_pod(self, namespace: str, **kw: Any) -> Answer:
         self.record("list_namespaced_pod", kw)
-        if kw.get("watch"):
-            return Answer(chunks=[])  # no change within the watch
+        if kw.get("watch"):  # the events queued, else no change within the watch
+            events, self.watch_events[:] = list(self.watch_events), []
+            return Answer(chunks=[json.dumps(e).encode() + b"\n" for e in events])
         selector = kw.get("label_selector", "")
         pods = [
             p
@@ -175,17 +191,38 @@ class Cluster:
 
     def read_namespaced_pod_log(self, name: str, namespace: str, **kw: Any) -> Answer:
         self.record("read_namespaced_pod_log", kw)
+        if kw.get("timestamps"):  # as the kubelet sends it, and then its words, should the
+            stamp = b"2026-01-01T10:00:02.000000001Z "  # container go while followed
+            logs = b"".join(stamp + line for line in self.logs.splitlines(keepends=True))
+            return Answer(chunks=[logs, b"rpc error: code = Unknown desc = No such container"])
         return Answer(self.logs, chunks=[self.logs])
 
-    def patch_namespaced_pod(self, name: str, namespace: str, body: dict, **kw: Any) -> Answer:
-        self.record("patch_namespaced_pod", kw)
-        for pod in self.pods.values():
-            if pod["metadata"]["name"] == name:
-                pod["status"]["containerStatuses"] = [
-                    {"name": "job", "state": {"terminated": {"exitCode": 137, "reason": "Error"}}}
-                ]
-                return _json(pod)
-        raise _error(404)
+    def patch_namespaced_job(self, name: str, namespace: str, body: dict, **kw: Any) -> Answer:
+        self.record("patch_namespaced_job", kw)
+        if name not in self.jobs:
+            raise _error(404)
+        self.jobs[name].setdefault("spec", {}).update(body["spec"])
+        return _json(self.jobs[name])
+
+    def delete_namespaced_pod(self, name: str, namespace: str, **kw: Any) -> Answer:
+        """As the kubelet does: the container ends (``killed_exit``: its reported exit code,
+        None for none reported), then the pod goes; both seen by a watch."""
+        self.record("delete_namespaced_pod", kw)
+        job = next((j for j, p in self.pods.items() if p["metadata"]["name"] == name), None)
+        if job is None:
+            raise _error(404)
+        pod = self.pods.pop(job)
+        pod["metadata"]["deletionTimestamp"] = "2026-01-01T10:00:05Z"
+        if self.killed_exit is not None:
+            ended = {"exitCode": self.killed_exit, "reason": "Error"}
+            pod["status"]["containerStatuses"] = [{"name": "job", "state": {"terminated": ended}}]
+            self.watch_events.append({"type": "MODIFIED", "object": pod})
+        self.watch_events.append({"type": "DELETED", "object": pod})
+        return _json(pod)
+
+    def list_namespaced_secret(self, namespace: str, **kw: Any) -> Answer:
+        self.record("list_namespaced_secret", kw)
+        return _json({"items": list(self.secrets.values())})
 
     def create_namespaced_secret(self, namespace: str, body: dict, **kw: Any) -> Answer:
         self.record("create_namespaced_secret", kw)
@@ -247,7 +284,7 @@ def executor(cluster) -> KubernetesExecutor:
     executor = KubernetesExecutor(
         {"docker_host": cluster_url("/nowhere/config", NS), "start_timeout": 0.2}
     )
-    executor._api = cluster  # the ApiClient: only call_api is used of it
+    executor.cluster._api = cluster  # the ApiClient: only call_api is used of it
     return executor
 
 
@@ -559,35 +596,136 @@ def test_a_read_timeout_ends_a_watch_slice_and_other_errors_do_not(executor, clu
         executor.wait("cm-j1-1", timeout=0.2)
 
 
-def test_stop_sets_the_pods_active_deadline_and_keeps_its_result(executor, cluster):
-    cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
-    cluster.pods["cm-j1-1"] = _pod("cm-j1-1", phase="Running", state=RUNNING)
-
-    assert executor.stop_container("cm-j1-1", grace=1) is True
-
-    assert "patch_namespaced_pod" in cluster.names()
-    assert "cm-j1-1" in cluster.jobs, "the Job stays, with its result"
-    assert executor.inspect("cm-j1-1").exit_code == 137
-    assert executor.stop_container("cm-j1-1") is True, "already ended"
+def _running(cluster: Cluster, name: str = "cm-j1-1") -> None:
+    cluster.jobs[name] = {"metadata": {"name": name}, "spec": {"parallelism": 1}}
+    cluster.pods[name] = _pod(name, phase="Running", state=RUNNING)
 
 
-def test_stop_as_the_kubelet_of_1_20_reports_it(executor, cluster, monkeypatch):
-    cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
-    cluster.pods["cm-j1-1"] = _pod("cm-j1-1", phase="Running", state=RUNNING)
+def test_stop_deletes_the_pod_with_the_grace_and_keeps_its_end_and_output(executor, cluster):
+    _running(cluster)
 
-    def patch(name: str, namespace: str, body: dict, **kw: Any) -> Answer:
-        cluster.record("patch_namespaced_pod", kw)
-        cluster.pods["cm-j1-1"]["status"].update(phase="Failed", reason="DeadlineExceeded")
-        return _json(cluster.pods["cm-j1-1"])
+    assert executor.stop_container("cm-j1-1", grace=3) is True
 
-    monkeypatch.setattr(cluster, "patch_namespaced_pod", patch)
+    names = cluster.names()
+    log, patch, delete = (names.index(n) for n in (
+        "read_namespaced_pod_log", "patch_namespaced_job", "delete_namespaced_pod"))  # fmt: skip
+    assert log < patch < delete, "the log is followed before the pod goes; no replacement pod"
+    assert cluster.jobs["cm-j1-1"]["spec"]["parallelism"] == 0
+    (_, deleted) = next(c for c in cluster.calls if c[0] == "delete_namespaced_pod")
+    assert deleted["grace_period_seconds"] == 3
+    (_, followed) = next(c for c in cluster.calls if c[0] == "read_namespaced_pod_log")
+    assert followed["follow"] is True
+    assert cluster.pods == {}, "the pod is gone"
+    state = executor.inspect("cm-j1-1")
+    assert (state.status, state.exit_code, state.has_exited) == ("exited", 143, True)
+    assert executor.wait("cm-j1-1", timeout=1) == 143
+    assert executor.check_status("cm-j1-1") == "exited"
+    assert list(executor.iter_outputs("cm-j1-1")) == [("stdout", b"out\nerr\n")]
+    assert executor.tail_output("cm-j1-1", "stdout", 1) == b"err\n"
+    assert executor.get_logs("cm-j1-1") == "out\nerr\n"
+
+    executor.discard("cm-j1-1")
+    assert executor.check_status("cm-j1-1") == "not-found", "forgotten once removed"
+
+
+def test_stop_without_a_reported_end_records_no_exit_code(executor, cluster):
+    _running(cluster)
+    cluster.killed_exit = None  # the pod goes, its container still said running
+
     started = time.monotonic()
     assert executor.stop_container("cm-j1-1") is True
-    assert time.monotonic() - started >= 1, "the pod's grace period (1 s) was given"
+
+    assert time.monotonic() - started < 5, "the pod's removal ends the wait"
+    (_, deleted) = next(c for c in cluster.calls if c[0] == "delete_namespaced_pod")
+    assert deleted["grace_period_seconds"] == 5, "STOP_GRACE_SECONDS by default"
     state = executor.inspect("cm-j1-1")
     assert (state.status, state.exit_code, state.has_exited) == ("dead", None, True)
-    assert "DeadlineExceeded" in state.error
     assert executor.wait("cm-j1-1", timeout=1) == kubernetes_pods.NO_CONTAINER_EXIT
+
+
+def test_a_stop_tried_again_resumes_on_the_pod_being_deleted(executor, cluster, monkeypatch):
+    _running(cluster)
+    delete = cluster.delete_namespaced_pod
+    tries: list[int] = []
+
+    def flaky(name: str, namespace: str, **kw: Any) -> Answer:
+        tries.append(1)
+        if len(tries) == 1:  # deleted, but the answer is lost
+            delete(name, namespace, **kw)
+            cluster.pods["cm-j1-1"] = cluster.watch_events[0]["object"]
+            cluster.watch_events.clear()
+            raise urllib3.exceptions.ProtocolError("connection reset")
+        return delete(name, namespace, **kw)
+
+    monkeypatch.setattr(cluster, "delete_namespaced_pod", flaky)
+    with pytest.raises(ExecutorConnectionError):
+        executor.stop_container("cm-j1-1", grace=1)
+    assert executor.stop_container("cm-j1-1", grace=1) is True
+    assert executor.inspect("cm-j1-1").exit_code == 143
+    assert "cm-j1-1" in cluster.jobs, "not removed: its result is harvested first"
+
+
+def test_an_ended_pod_needs_no_stop(executor, cluster):
+    _finished(cluster, "cm-j1-1", 0)
+    assert executor.stop_container("cm-j1-1") is True
+    assert "delete_namespaced_pod" not in cluster.names()
+
+
+def test_follow_outputs_reads_the_log_as_written_until_the_pod_ended(executor, cluster):
+    _running(cluster)
+    cluster.logs = b"one\n"
+    ended = _pod("cm-j1-1", phase="Succeeded", state={"terminated": {"exitCode": 0}})
+    cluster.watch_events.append({"type": "MODIFIED", "object": ended})
+
+    assert executor.follows_output is True
+    assert list(executor.follow_outputs("cm-j1-1")) == [("stdout", b"one\n")]
+    (_, followed) = next(c for c in cluster.calls if c[0] == "read_namespaced_pod_log")
+    assert followed["follow"] is True and followed["timestamps"] is True
+    assert followed["_request_timeout"] == (executor.timeout, 24 * 3600), "a silent job's day"
+
+
+def test_a_followed_log_that_ends_while_the_container_runs_is_an_error(
+    executor, cluster, monkeypatch
+):
+    monkeypatch.setattr("container_manager.executors.kubernetes_stop.SETTLE_SECONDS", 0.2)
+    _running(cluster)
+    with pytest.raises(ExecutorError, match="ended while its container ran"):
+        list(executor.follow_outputs("cm-j1-1"))
+    cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
+    cluster.pods.clear()
+    with pytest.raises(ExecutorError, match="no pod to follow"):
+        list(executor.follow_outputs("cm-j1-1"))
+
+
+def _secret(name: str, made: str, **labels: str) -> dict:
+    return {"metadata": {"name": name, "creationTimestamp": made, "labels": labels}}
+
+
+def test_leftovers_are_the_apps_secrets_whose_job_is_gone(executor, cluster, settings):
+    ours = {"container_manager.managed": "true"}
+    cluster.jobs["cm-alive-1"] = {"metadata": {"name": "cm-alive-1"}}
+    for name, made in [
+        ("cm-alive-1-env", "2026-01-01T10:00:00Z"),  # its Job exists
+        ("cm-gone-1-env", "2026-01-01T10:00:00Z"),  # an orphan
+        ("cm-gone-2-pull", "2026-01-01T10:00:00Z"),  # an orphan
+        ("cm-young-1-env", "2026-01-01T11:59:59Z"),  # too young to tell
+        ("cm-other-1-cfg", "2026-01-01T10:00:00Z"),  # not an attempt's Secret
+    ]:
+        cluster.secrets[name] = _secret(name, made, **ours)
+    from datetime import UTC, datetime
+
+    found = executor.leftovers(datetime(2026, 1, 1, 11, 59, 0, tzinfo=UTC))
+
+    assert sorted(f.id for f in found) == ["cm-gone-1-env", "cm-gone-2-pull"]
+    assert "cm-gone-1 does not exist" in found[0].reason
+    (_, listed) = next(c for c in cluster.calls if c[0] == "list_namespaced_secret")
+    assert listed["label_selector"].endswith("container_manager.managed=true"), "the app's only"
+    assert cluster.names().index("list_namespaced_secret") < cluster.names().index(
+        "list_namespaced_job"
+    ), "Secrets listed before Jobs"
+    assert executor.remove_leftover("cm-gone-1-env") is True
+    assert "cm-gone-1-env" not in cluster.secrets
+    assert executor.remove_leftover("cm-gone-1-env") is True, "gone already is fine"
 
 
 def test_stop_removes_a_job_whose_pod_has_no_node(executor, cluster):
@@ -779,7 +917,7 @@ def test_a_good_kubeconfig_makes_a_client_that_gives_up_fast(tmp_path):
         executor.get_version()
     assert executor.api.configuration.host == "https://127.0.0.1:1"
     executor.close()
-    assert executor._api is None
+    assert executor.cluster._api is None
 
 
 @pytest.mark.django_db

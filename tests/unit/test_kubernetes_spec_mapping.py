@@ -208,7 +208,7 @@ def test_refused_at_launch_before_anything_is_asked_of_the_cluster(settings):
         executor.run(_spec(network_mode="backend"))
     with pytest.raises(PermanentLaunchError, match="bind mounts"):
         executor.run(_spec(mounts=(Mount("bind", "/data", "/srv"),)))
-    assert executor._api is None, "no client was made"
+    assert executor.cluster._api is None, "no client was made"
     assert executor.refusals(_spec(network_mode="none")) == {}, "the operator's default"
 
 
