@@ -26,6 +26,7 @@ from .admin_fields import (
     EstimatingPaginator,
     LinesField,
     PairsField,
+    QueueFilter,
     SafeLookups,
     badge,
     job_search,
@@ -108,7 +109,7 @@ ADD_FIELDSETS: _FieldsetSpec = (
         "secret_environment", "registry_credential", "gpus", "shm_size_mb", "pids_limit",
         "read_only_rootfs", "cap_add", "cap_drop", "privileged")}),
     ("Limits and retries", {"fields": ("memory_limit", "cpu_limit", "timeout_seconds",
-        "priority", "max_retries", "retry_on_failure", "run_after")}),
+        "priority", "queue", "max_retries", "retry_on_failure", "run_after")}),
 )  # fmt: skip
 
 
@@ -149,6 +150,7 @@ def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
         "cpu_limit": job.cpu_limit,
         "timeout_seconds": job.timeout_seconds,
         "priority": job.priority,
+        "queue": job.queue,
         "max_retries": job.max_retries,
         "retry_on_failure": job.retry_on_failure,
         "run_after": job.run_after,
@@ -158,8 +160,9 @@ def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
 
 
 #: The columns the job list reads (no output, environment or spec).
-LIST_COLUMNS = ("id", "name", "status", "docker_host", "docker_host__name", "docker_image",
-                "exit_code", "created_at", "started_at", "completed_at")  # fmt: skip
+LIST_COLUMNS = ("id", "name", "status", "docker_host", "docker_host__name", "queue",
+                "docker_image", "exit_code", "created_at", "started_at",
+                "completed_at")  # fmt: skip
 
 
 class JobChangeList(ChangeList):
@@ -176,9 +179,9 @@ def _whole(jobs: QuerySet[ContainerJob]) -> QuerySet[ContainerJob]:
 
 @admin.register(ContainerJob)
 class ContainerJobAdmin(SafeLookups):
-    list_display = ("job", "status_badge", "host", "docker_image", "duration", "exit_code",
-                    "created")  # fmt: skip
-    list_filter = ("status", "docker_host", "created_at")
+    list_display = ("job", "status_badge", "host", "queue", "docker_image", "duration",
+                    "exit_code", "created")  # fmt: skip
+    list_filter = ("status", "docker_host", QueueFilter, "created_at")
     search_fields = ("id", "name", "docker_image")
     search_help_text = "A job id (or its first characters), or the start of a name or image."
     list_select_related = ("docker_host",)
@@ -204,7 +207,8 @@ class ContainerJobAdmin(SafeLookups):
             "read_only_rootfs", "cap_add", "cap_drop", "privileged")}),
         ("Placement, limits and retries", {"classes": ("collapse",), "fields": (
             "required_labels", "auto_placed", "placement_reason", "memory_limit", "cpu_limit",
-            "timeout_seconds", "priority", "max_retries", "retry_on_failure", "run_after")}),
+            "timeout_seconds", "priority", "queue", "max_retries", "retry_on_failure",
+            "run_after")}),
         ("Worker", {"classes": ("collapse",), "fields": (
             "worker_id", "lease_expires_at", "container_id", "cancel_requested",
             "peak_memory_bytes", "cpu_seconds", "stdout_file", "stderr_file")}),
