@@ -6,8 +6,9 @@
 Each session installs the package with its test extra into its own virtualenv, pins one
 Django, then runs the unit and integration suites on SQLite and on PostgreSQL. The newest
 Django's deprecation warnings are errors. Each session has PostgreSQL databases of its own
-(``cm_<session>``; the demo settings name the test database ``test_cm_<session>_<pid>``),
-so sessions and other test runs never share one. The interpreters come from pyenv
+(``<prefix>_<session>``, the prefix ``cm`` unless ``MATRIX_DB_PREFIX`` says otherwise; the
+demo settings name the test database ``test_<prefix>_<session>_<pid>``), so sessions and
+other test runs never share one. The interpreters come from pyenv
 (``PYENV_ROOT``), the way CI's machines have them; browser tests stay out.
 """
 
@@ -35,6 +36,7 @@ MATRIX = [
 DEPRECATIONS = ("RemovedInDjango70Warning", "RemovedInDjango71Warning")
 SUITES = ["tests/unit", "tests/integration"]
 PG = os.environ.get("PG_SERVER", "postgres://postgres@127.0.0.1:5432")
+DB_PREFIX = os.environ.get("MATRIX_DB_PREFIX", "cm")
 
 
 def _pyenv_python(version: str) -> str:
@@ -91,7 +93,7 @@ def _matrix_session(name: str, python: str, django: str) -> None:
             "-c",
             "import django, sys; print('Django', django.__version__, sys.version.split()[0])",
         )
-        db = "cm_" + name.replace("-", "_")
+        db = f"{DB_PREFIX}_{name.replace('-', '_')}"
         # SQLite: the demo settings name the test file after the pytest process (cm-test-<pid>).
         failed = [
             label

@@ -329,7 +329,10 @@ class Worker:
                 self._discard_quietly(job, control.container_id)
         finally:
             with self._slots_lock:
-                self._slots.pop(job.pk, None)
+                # Only this run's slot: a retry due at once may have been claimed again (a
+                # slot of its own, same job id) while this thread was finishing.
+                if (slot := self._slots.get(job.pk)) is not None and slot.control is control:
+                    del self._slots[job.pk]
                 self.processed += 1
             self._wake.set()
 
