@@ -162,58 +162,53 @@ def median_ms(samples: list[float]) -> float:
 
 
 def measure(tasks: int, rounds: int, image: str) -> None:
+    """``rounds`` rounds, each ``tasks`` of every side and of every raw step, the order
+    alternating from round to round: the machine's load drifts, and must not count against
+    one of them."""
     import docker
 
-    sides: dict[str, Callable[[], float]] = {
+    client = docker.DockerClient(base_url=ENGINE)
+    runs: dict[str, Callable[[], float]] = {
         "container backend": lambda: run_task("default"),
         "django-tasks-db": lambda: run_task("db"),
     }
-    for side in sides.values():  # warm: the image's files cached, both workers connected
-        side()
-        side()
-    times: dict[str, list[float]] = {name: [] for name in sides}
+    for name, (command, environment) in raw_steps(image).items():
+        runs[name] = lambda c=command, e=environment: raw_container(client, image, c, e)
+    for run in runs.values():  # warm: the image's files cached, both workers connected
+        run()
+    times: dict[str, list[float]] = {name: [] for name in runs}
     for number in range(rounds):
-        order = list(sides) if number % 2 == 0 else list(reversed(sides))
+        order = list(runs) if number % 2 == 0 else list(reversed(runs))
         for name in order:
-            times[name] += [sides[name]() for _ in range(tasks)]
-    client = docker.DockerClient(base_url=ENGINE)
-    steps = raw_steps(image)
-    raw: dict[str, list[float]] = {name: [] for name in steps}
-    for command, environment in steps.values():
-        raw_container(client, image, command, environment)  # warm
-    for _ in range(rounds):
-        for name, (command, environment) in steps.items():
-            raw[name] += [raw_container(client, image, command, environment) for _ in range(tasks)]
-    summarise(tasks * rounds, {k: median_ms(v) for k, v in times.items()}, raw)
+            times[name] += [runs[name]() for _ in range(tasks)]
+    summarise(tasks * rounds, {name: median_ms(samples) for name, samples in times.items()})
 
 
-def summarise(count: int, side: dict[str, float], raw_times: dict[str, list[float]]) -> None:
-    raw = {name: median_ms(samples) for name, samples in raw_times.items()}
-    ours, db = side["container backend"], side["django-tasks-db"]
-    report(f"no-op task, enqueue to SUCCESSFUL, median of {count}", "")
+def summarise(count: int, ms: dict[str, float]) -> None:
+    ours, db, raw = ms["container backend"], ms["django-tasks-db"], ms["run_container_task"]
+    report(f"no-op task, enqueue to SUCCESSFUL, median of {count}", f"(load {load()})")
     report("  container backend (process_container_jobs)", f"{ours:8.1f} ms")
     report("  django-tasks-db (db_worker --interval 0.01)", f"{db:8.1f} ms")
     report("  ratio container backend / django-tasks-db", f"{ours / db:8.1f}x")
-    report(
-        "  raw SDK, the task's container (run_container_task)",
-        f"{raw['run_container_task']:8.1f} ms",
-    )
-    report("  ratio container backend / raw SDK", f"{ours / raw['run_container_task']:8.2f}x")
+    report("  raw SDK, the task's container (run_container_task)", f"{raw:8.1f} ms")
+    report("  ratio container backend / raw SDK", f"{ours / raw:8.2f}x")
     report("where the container backend's time goes (medians, raw SDK)", "")
     steps = [
-        ("container: create, start, wait, logs, remove (true)", raw["true"], 0.0),
-        ("interpreter start (python3 -c pass - true)", raw["python3 -c pass"], raw["true"]),
-        ("django.setup() (- python3 -c pass)", raw["django.setup()"], raw["python3 -c pass"]),
-        (
-            "manage.py, task import and call, result line (- setup)",
-            raw["run_container_task"],
-            raw["django.setup()"],
-        ),
-        ("the worker: claim, records, signals, polling (- raw)", ours, raw["run_container_task"]),
+        ("container: create, start, wait, logs, remove (true)", ms["true"], 0.0),
+        ("interpreter start (python3 -c pass - true)", ms["python3 -c pass"], ms["true"]),
+        ("django.setup() (- python3 -c pass)", ms["django.setup()"], ms["python3 -c pass"]),
+        ("manage.py, task import and call, result line (- setup)", raw, ms["django.setup()"]),
+        ("the worker: claim, records, signals, polling (- raw)", ours, raw),
     ]
     for name, total, before in steps:
         report(f"  {name}", f"{total - before:8.1f} ms  ({(total - before) / ours:5.1%})")
-    print(json.dumps({"sides_ms": side, "raw_ms": raw}), flush=True)
+    print(json.dumps({"medians_ms": ms, "samples": count}), flush=True)
+
+
+def load() -> str:
+    """The machine's load averages (1, 5, 15 min) and its cores: what else was running."""
+    one, five, fifteen = os.getloadavg()
+    return f"{one:.1f} {five:.1f} {fifteen:.1f} on {os.cpu_count()} cores"
 
 
 def main() -> None:
@@ -225,6 +220,7 @@ def main() -> None:
     workers = start_workers()
     try:
         time.sleep(2)  # both workers up and polling
+        report("load before", load())
         measure(options.tasks, options.rounds, image)
     finally:
         for worker in workers:
