@@ -3,13 +3,14 @@
     make test-matrix          every session below
     nox -s "django61-py313"   one of them
 
-Each session installs the package with its test extra into its own virtualenv, pins one
-Django, then runs the unit and integration suites on SQLite and on PostgreSQL. The newest
-Django's deprecation warnings are errors. Each session has PostgreSQL databases of its own
-(``<prefix>_<session>``, the prefix ``cm`` unless ``MATRIX_DB_PREFIX`` says otherwise; the
-demo settings name the test database ``test_<prefix>_<session>_<pid>``), so sessions and
-other test runs never share one. The interpreters come from pyenv
-(``PYENV_ROOT``), the way CI's machines have them; browser tests stay out.
+Each session installs the package with its test and docs extras (tests/unit/test_docs.py
+imports Sphinx) into its own virtualenv, pins one Django, then runs the unit and integration
+suites on SQLite and on PostgreSQL. The newest Django's deprecation warnings are errors.
+Each session has PostgreSQL databases of its own (``<prefix>_<session>``, the prefix ``cm``
+unless ``MATRIX_DB_PREFIX`` says otherwise; the demo settings name the test database
+``test_<prefix>_<session>_<pid>``), so sessions and other test runs never share one. The
+interpreters come from pyenv (``PYENV_ROOT``), the way CI's machines have them; browser
+tests stay out.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def _run_suites(session: nox.Session, db_env: dict[str, str], label: str) -> boo
 def _matrix_session(name: str, python: str, django: str) -> None:
     @nox.session(name=name, python=_pyenv_python(python))
     def run(session: nox.Session) -> None:
-        session.install("-e", ".[test,postgres]", django)
+        session.install("-e", ".[test,postgres,docs]", django)
         session.run(
             "python",
             "-c",

@@ -35,7 +35,7 @@ from .admin_fields import (
 )
 from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
-from .models import ContainerJob, JobAttempt, JobStatus
+from .models import DEFAULT_QUEUE, ContainerJob, JobAttempt, JobStatus
 from .spec import SPEC_FIELDS
 from .spec_text import MERGED_NOTE, mount_text, recorded_spec_text, secrets_text
 
@@ -130,6 +130,16 @@ class ContainerJobAddForm(forms.ModelForm):
     )
     cap_add = LinesField(label="Capabilities to add", help_text="One per line, e.g. NET_ADMIN.")
     cap_drop = LinesField(label="Capabilities to drop", help_text="One per line, e.g. ALL.")
+    queue = forms.CharField(
+        required=False,
+        max_length=100,
+        initial=DEFAULT_QUEUE,
+        help_text=f"Empty: {DEFAULT_QUEUE!r}. Workers started with --queue take only their"
+        " queues' jobs.",
+    )
+
+    def clean_queue(self) -> str:
+        return str(self.cleaned_data.get("queue") or DEFAULT_QUEUE)
 
     class Meta:
         model = ContainerJob

@@ -158,3 +158,12 @@ class TestAdmin:
         # session, user, bounded count, page of jobs (hosts joined), hosts for the filter
         with django_assert_num_queries(5):
             assert admin_client.get(url, {"queue": "reports"}).status_code == 200
+
+
+def test_the_admins_add_form_takes_a_queue_or_leaves_the_default(admin_client, host):
+    url = reverse("admin:container_manager_containerjob_add")
+    form = {"docker_host": host.pk, "docker_image": IMAGE, "command": "true",
+            "priority": 0, "max_retries": 0}  # fmt: skip
+    assert admin_client.post(url, form).status_code == 302
+    assert admin_client.post(url, {**form, "queue": "reports"}).status_code == 302
+    assert sorted(ContainerJob.objects.values_list("queue", flat=True)) == ["default", "reports"]
