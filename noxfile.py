@@ -3,12 +3,14 @@
     make test-matrix          every session below
     nox -s "django61-py313"   one of them
 
-Each session installs the package with its test extra into its own virtualenv, pins one
-Django, then runs the unit and integration suites on SQLite and on PostgreSQL. The newest
-Django's deprecation warnings are errors. Each session has PostgreSQL databases of its own
-(``cm_<session>``; the demo settings name the test database ``test_cm_<session>_<pid>``),
-so sessions and other test runs never share one. The interpreters come from pyenv
-(``PYENV_ROOT``), the way CI's machines have them; browser tests stay out.
+Each session installs the package with its test and docs extras (tests/unit/test_docs.py
+imports Sphinx) into its own virtualenv, pins one Django, then runs the unit and integration
+suites on SQLite and on PostgreSQL. The newest Django's deprecation warnings are errors.
+Each session has PostgreSQL databases of its own (``<prefix>_<session>``, the prefix ``cm``
+unless ``MATRIX_DB_PREFIX`` says otherwise; the demo settings name the test database
+``test_<prefix>_<session>_<pid>``), so sessions and other test runs never share one. The
+interpreters come from pyenv (``PYENV_ROOT``), the way CI's machines have them; browser
+tests stay out.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ MATRIX = [
 DEPRECATIONS = ("RemovedInDjango70Warning", "RemovedInDjango71Warning")
 SUITES = ["tests/unit", "tests/integration"]
 PG = os.environ.get("PG_SERVER", "postgres://postgres@127.0.0.1:5432")
+DB_PREFIX = os.environ.get("MATRIX_DB_PREFIX", "cm")
 
 
 def _pyenv_python(version: str) -> str:
@@ -85,13 +88,13 @@ def _run_suites(session: nox.Session, db_env: dict[str, str], label: str) -> boo
 def _matrix_session(name: str, python: str, django: str) -> None:
     @nox.session(name=name, python=_pyenv_python(python))
     def run(session: nox.Session) -> None:
-        session.install("-e", ".[test,postgres]", django)
+        session.install("-e", ".[test,postgres,docs]", django)
         session.run(
             "python",
             "-c",
             "import django, sys; print('Django', django.__version__, sys.version.split()[0])",
         )
-        db = "cm_" + name.replace("-", "_")
+        db = f"{DB_PREFIX}_{name.replace('-', '_')}"
         # SQLite: the demo settings name the test file after the pytest process (cm-test-<pid>).
         failed = [
             label

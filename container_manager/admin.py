@@ -26,6 +26,7 @@ from .admin_fields import (
     EstimatingPaginator,
     LinesField,
     PairsField,
+    QueueFilter,
     SafeLookups,
     badge,
     job_search,
@@ -34,7 +35,7 @@ from .admin_fields import (
 )
 from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
-from .models import ContainerJob, JobAttempt, JobStatus
+from .models import DEFAULT_QUEUE, ContainerJob, JobAttempt, JobStatus
 from .spec import SPEC_FIELDS
 from .spec_text import MERGED_NOTE, mount_text, recorded_spec_text, secrets_text
 
@@ -108,7 +109,7 @@ ADD_FIELDSETS: _FieldsetSpec = (
         "secret_environment", "registry_credential", "gpus", "shm_size_mb", "pids_limit",
         "read_only_rootfs", "cap_add", "cap_drop", "privileged")}),
     ("Limits and retries", {"fields": ("memory_limit", "cpu_limit", "timeout_seconds",
-        "priority", "max_retries", "retry_on_failure", "run_after")}),
+        "priority", "queue", "max_retries", "retry_on_failure", "run_after")}),
 )  # fmt: skip
 
 
@@ -129,6 +130,16 @@ class ContainerJobAddForm(forms.ModelForm):
     )
     cap_add = LinesField(label="Capabilities to add", help_text="One per line, e.g. NET_ADMIN.")
     cap_drop = LinesField(label="Capabilities to drop", help_text="One per line, e.g. ALL.")
+    queue = forms.CharField(
+        required=False,
+        max_length=100,
+        initial=DEFAULT_QUEUE,
+        help_text=f"Empty: {DEFAULT_QUEUE!r}. Workers started with --queue take only their"
+        " queues' jobs.",
+    )
+
+    def clean_queue(self) -> str:
+        return str(self.cleaned_data.get("queue") or DEFAULT_QUEUE)
 
     class Meta:
         model = ContainerJob
@@ -149,6 +160,7 @@ def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
         "cpu_limit": job.cpu_limit,
         "timeout_seconds": job.timeout_seconds,
         "priority": job.priority,
+        "queue": job.queue,
         "max_retries": job.max_retries,
         "retry_on_failure": job.retry_on_failure,
         "run_after": job.run_after,
@@ -158,8 +170,9 @@ def _submit_keywords(job: ContainerJob) -> dict[str, Any]:
 
 
 #: The columns the job list reads (no output, environment or spec).
-LIST_COLUMNS = ("id", "name", "status", "docker_host", "docker_host__name", "docker_image",
-                "exit_code", "created_at", "started_at", "completed_at")  # fmt: skip
+LIST_COLUMNS = ("id", "name", "status", "docker_host", "docker_host__name", "queue",
+                "docker_image", "exit_code", "created_at", "started_at",
+                "completed_at")  # fmt: skip
 
 
 class JobChangeList(ChangeList):
@@ -176,9 +189,9 @@ def _whole(jobs: QuerySet[ContainerJob]) -> QuerySet[ContainerJob]:
 
 @admin.register(ContainerJob)
 class ContainerJobAdmin(SafeLookups):
-    list_display = ("job", "status_badge", "host", "docker_image", "duration", "exit_code",
-                    "created")  # fmt: skip
-    list_filter = ("status", "docker_host", "created_at")
+    list_display = ("job", "status_badge", "host", "queue", "docker_image", "duration",
+                    "exit_code", "created")  # fmt: skip
+    list_filter = ("status", "docker_host", QueueFilter, "created_at")
     search_fields = ("id", "name", "docker_image")
     search_help_text = "A job id (or its first characters), or the start of a name or image."
     list_select_related = ("docker_host",)
@@ -204,7 +217,8 @@ class ContainerJobAdmin(SafeLookups):
             "read_only_rootfs", "cap_add", "cap_drop", "privileged")}),
         ("Placement, limits and retries", {"classes": ("collapse",), "fields": (
             "required_labels", "auto_placed", "placement_reason", "memory_limit", "cpu_limit",
-            "timeout_seconds", "priority", "max_retries", "retry_on_failure", "run_after")}),
+            "timeout_seconds", "priority", "queue", "max_retries", "retry_on_failure",
+            "run_after")}),
         ("Worker", {"classes": ("collapse",), "fields": (
             "worker_id", "lease_expires_at", "container_id", "cancel_requested",
             "peak_memory_bytes", "cpu_seconds", "stdout_file", "stderr_file")}),

@@ -73,23 +73,30 @@ class _Candidate:
         return -self.job.priority, self.job.created_at
 
 
-def _pinned_candidates(rooms: dict[int, HostRoom], limit: int, now: datetime) -> list[_Candidate]:
-    """Due jobs of each host with room. One query per host: each is an ordered scan of that
-    host's part of the partial claim index, so its cost does not grow with the number of
-    waiting jobs (nor with other hosts' backlogs)."""
+#: A claim's queues: ``(None,)`` for every queue, else the names of the worker's queues.
+Lanes = tuple[str | None, ...]
+
+
+def _pinned_candidates(
+    rooms: dict[int, HostRoom], limit: int, now: datetime, lanes: Lanes
+) -> list[_Candidate]:
+    """Due jobs of each host with room. One query per host (and queue, for a worker limited
+    to some): each is an ordered scan of that host's part of a partial claim index, so its
+    cost does not grow with the number of waiting jobs (nor with other hosts' backlogs)."""
     found: list[_Candidate] = []
     for room in rooms.values():
         if room.free <= 0:
             continue
-        for job in fetch(_due_on_host, room.pk, min(room.free, limit), now=now):
-            job.docker_host = room.host  # the row this claim has locked: no second read
-            found.append(_Candidate(job))
+        for lane in lanes:
+            for job in fetch(_due_on_host, room.pk, lane, min(room.free, limit), now=now):
+                job.docker_host = room.host  # the row this claim has locked: no second read
+                found.append(_Candidate(job))
     return found
 
 
-def _open_candidates(limit: int, now: datetime) -> list[_Candidate]:
-    """Due jobs that name no host, best first."""
-    return [_open_candidate(job) for job in fetch(_due_open, limit, now=now)]
+def _open_candidates(limit: int, now: datetime, lane: str | None) -> list[_Candidate]:
+    """Due jobs that name no host (of one queue, or of all), best first."""
+    return [_open_candidate(job) for job in fetch(_due_open, lane, limit, now=now)]
 
 
 def _open_candidate(job: ContainerJob) -> _Candidate:
@@ -109,10 +116,12 @@ def _policy_check(job: ContainerJob) -> Callable[[ExecutorHost], str]:
     return lambda host: refusal_text(refusals(request, host))
 
 
-def _due(now: datetime) -> QuerySet[ContainerJob]:
+def _due(now: datetime, lane: str | None) -> QuerySet[ContainerJob]:
+    query = ContainerJob.objects.filter(status=JobStatus.QUEUED)
+    if lane is not None:
+        query = query.filter(queue=lane)
     query = (
-        ContainerJob.objects.filter(status=JobStatus.QUEUED)
-        .filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
+        query.filter(Q(run_after__isnull=True) | Q(run_after__lte=now))
         .order_by("-priority", "created_at")
         .defer("stdout_log", "stderr_log")  # a retried job's old output: not needed to run it
     )
@@ -121,12 +130,14 @@ def _due(now: datetime) -> QuerySet[ContainerJob]:
     return query
 
 
-def _due_on_host(host_pk: int, limit: int, now: datetime) -> QuerySet[ContainerJob]:
-    return _due(now).filter(docker_host=host_pk)[:limit]
+def _due_on_host(
+    host_pk: int, lane: str | None, limit: int, now: datetime
+) -> QuerySet[ContainerJob]:
+    return _due(now, lane).filter(docker_host=host_pk)[:limit]
 
 
-def _due_open(limit: int, now: datetime) -> QuerySet[ContainerJob]:
-    return _due(now).filter(docker_host__isnull=True)[:limit]
+def _due_open(lane: str | None, limit: int, now: datetime) -> QuerySet[ContainerJob]:
+    return _due(now, lane).filter(docker_host__isnull=True)[:limit]
 
 
 def _healthy_locked(names: tuple[str, ...], threshold: int) -> QuerySet[ExecutorHost]:
@@ -216,6 +227,7 @@ def _place_beyond(
     pinned: int,
     picks: tuple[dict[int, tuple[list[ContainerJob], str]], dict[str, list[object]]],
     now: datetime,
+    lane: str | None,
 ) -> None:
     """While the open jobs of a full page (of ``limit``) could not all be placed and there
     is room, read the next page (up to MAX_OPEN_SCAN rows in all) and place from it into
@@ -227,7 +239,7 @@ def _place_beyond(
     while left > 0 and len(page) == size and scanned < MAX_OPEN_SCAN:
         if not any(room.free > 0 for room in rooms.values()):
             return
-        page = _open_after(page[-1].job, size * 4, now)
+        page = _open_after(page[-1].job, size * 4, now, lane)
         size, scanned = size * 4, scanned + len(page)
         _, more, more_waiting = _select(page, rooms, left)
         for host_pk, (jobs, reason) in more.items():
@@ -237,10 +249,10 @@ def _place_beyond(
             waiting.setdefault(reason, []).extend(pks)
 
 
-def _open_after(job: ContainerJob, limit: int, now: datetime) -> list[_Candidate]:
+def _open_after(job: ContainerJob, limit: int, now: datetime, lane: str | None) -> list[_Candidate]:
     """The open candidates after ``job`` in claim order (a keyset page)."""
     after = Q(priority__lt=job.priority) | Q(priority=job.priority, created_at__gt=job.created_at)
-    jobs = _due(now).filter(docker_host__isnull=True).filter(after)[:limit]
+    jobs = _due(now, lane).filter(docker_host__isnull=True).filter(after)[:limit]
     return [_open_candidate(j) for j in jobs]
 
 
@@ -248,8 +260,15 @@ def _supports_skip_locked() -> bool:
     return connection.features.has_select_for_update_skip_locked
 
 
-def claim(worker_id: str, limit: int, *, hosts: Sequence[str] | None = None) -> list[Claimed]:
-    """Take up to ``limit`` due jobs for ``worker_id``: highest priority first, then oldest,
+def claim(
+    worker_id: str,
+    limit: int,
+    *,
+    hosts: Sequence[str] | None = None,
+    queues: Sequence[str] | None = None,
+) -> list[Claimed]:
+    """Take up to ``limit`` due jobs for ``worker_id`` (of ``queues``, when given; of every
+    queue otherwise): highest priority first, then oldest,
     never more on a host than its ``max_concurrent_jobs`` counting every worker's jobs, and
     only on active, healthy hosts. Jobs that name no host are placed (see placement.py);
     those that cannot be placed wait, with the reason in ``placement_reason``.
@@ -266,12 +285,15 @@ def claim(worker_id: str, limit: int, *, hosts: Sequence[str] | None = None) -> 
         "lease_expires_at": now + timedelta(seconds=get_settings().LEASE_SECONDS),
         "cancel_requested": False,
     }
+    lanes: Lanes = tuple(dict.fromkeys(queues)) if queues else (None,)
     with transaction.atomic():
         rooms = _rooms(hosts)
-        first_open = _open_candidates(limit, now)
-        candidates = _pinned_candidates(rooms, limit, now) + first_open
+        first_open = {lane: _open_candidates(limit, now, lane) for lane in lanes}
+        candidates = _pinned_candidates(rooms, limit, now, lanes)
+        candidates += [cand for page in first_open.values() for cand in page]
         pinned, placed, waiting = _select(candidates, rooms, limit)
-        _place_beyond(first_open, limit, rooms, len(pinned), (placed, waiting), now)
+        for lane, page in first_open.items():
+            _place_beyond(page, limit, rooms, len(pinned), (placed, waiting), now, lane)
         if pinned:
             _take(pinned, claimed)
         for host_pk, (jobs, reason) in placed.items():
@@ -391,6 +413,7 @@ def requeue_copy(job: ContainerJob | str) -> ContainerJob:
         priority=job.priority,
         max_retries=job.max_retries,
         retry_on_failure=job.retry_on_failure,
+        queue=job.queue,
         **{name: getattr(job, name) for name in SPEC_FIELDS},
     )
     queued(copy)

@@ -16,6 +16,7 @@ from typing import Any, Literal, Protocol
 from .exceptions import InvalidJobError
 
 __all__ = [
+    "ATTEMPT_ENV",
     "LABEL_ATTEMPT",
     "LABEL_JOB",
     "LABEL_MANAGED",
@@ -38,6 +39,9 @@ __all__ = [
 LABEL_MANAGED = "container_manager.managed"
 LABEL_JOB = "container_manager.job"
 LABEL_ATTEMPT = "container_manager.attempt"
+#: A job whose environment names this variable (any value) gets it set, at every launch, to
+#: the number of the attempt the container runs (1, 2, ...): the Tasks backend asks for it.
+ATTEMPT_ENV = "CONTAINER_JOB_ATTEMPT"
 
 MountType = Literal["volume", "bind", "tmpfs"]
 MOUNT_TYPES: tuple[MountType, ...] = ("volume", "bind", "tmpfs")

@@ -25,6 +25,7 @@ from .conf import fixed_settings
 from .environment import format_environment
 from .exceptions import InvalidJobError
 from .models import (
+    DEFAULT_QUEUE,
     ContainerJob,
     EnvironmentVariableTemplate,
     ExecutorHost,
@@ -80,6 +81,7 @@ def prepare(
     max_retries: int = 0,
     retry_on_failure: bool = False,
     run_after: datetime | None = None,
+    queue: str = DEFAULT_QUEUE,
     working_directory: str = "",
     entrypoint: Sequence[str] | None = None,
     user: str = "",
@@ -115,6 +117,9 @@ def prepare(
     ``pids_limit``, ``read_only_rootfs``, ``cap_add``, ``cap_drop``, ``privileged``. What the
     host's policy or executor does not allow is refused, naming the field.
 
+    ``queue`` names the job's queue (default ``"default"``): a worker started with
+    ``--queue`` takes only the jobs of its queues.
+
     ``submitted_by`` records who submitted it (``user:NAME``, ``cli:LOGIN``, or what an
     API caller says; at most 200 characters).
 
@@ -141,6 +146,7 @@ def prepare(
         max_retries=max_retries,
         retry_on_failure=retry_on_failure,
         run_after=run_after,
+        queue=queue,
         working_directory=working_directory,
         entrypoint=list(entrypoint) if entrypoint is not None else [],
         user=user,

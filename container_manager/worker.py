@@ -126,6 +126,7 @@ class Worker:
         concurrency: int = 1,
         burst: bool = False,
         hosts: Sequence[str] | None = None,
+        queues: Sequence[str] | None = None,
         shutdown_timeout: float = 30.0,
         poll_interval: float | None = None,
         worker_id: str | None = None,
@@ -136,6 +137,7 @@ class Worker:
         self.concurrency = concurrency
         self.burst = burst
         self.hosts = list(hosts or [])
+        self.queues = list(queues or [])
         self.shutdown_timeout = shutdown_timeout
         self.poll_interval = conf.POLL_INTERVAL if poll_interval is None else poll_interval
         self.lease_seconds = conf.LEASE_SECONDS
@@ -274,7 +276,7 @@ class Worker:
             ADOPTIONS.add("holder_dead", dead)
             ADOPTIONS.add("lease_expired", len(claimed) - dead)
             self._next_adoption = now + self.lease_seconds / 3
-        claimed += claim(self.worker_id, free - len(claimed), hosts=self.hosts)
+        claimed += claim(self.worker_id, free - len(claimed), hosts=self.hosts, queues=self.queues)
         held = set(self._held())
         # A job of ours whose lease ran out during an outage is ours still: never run twice.
         claimed = [item for item in claimed if not (item.adopted and item.job.pk in held)]
@@ -327,7 +329,10 @@ class Worker:
                 self._discard_quietly(job, control.container_id)
         finally:
             with self._slots_lock:
-                self._slots.pop(job.pk, None)
+                # Only this run's slot: a retry due at once may have been claimed again (a
+                # slot of its own, same job id) while this thread was finishing.
+                if (slot := self._slots.get(job.pk)) is not None and slot.control is control:
+                    del self._slots[job.pk]
                 self.processed += 1
             self._wake.set()
 
@@ -473,6 +478,8 @@ class Worker:
     def _due_soon(self) -> bool:
         """Burst mode: retries waiting for their backoff still count as work to do."""
         query = ContainerJob.objects.filter(status=JobStatus.QUEUED, attempt_count__gt=0)
+        if self.queues:
+            query = query.filter(queue__in=self.queues)
         bound = Q(docker_host__is_active=True)
         if self.hosts:
             bound &= Q(docker_host__name__in=self.hosts)

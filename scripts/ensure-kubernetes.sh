@@ -251,14 +251,24 @@ EOF
     chmod 600 "$file"
 }
 
+ensure_ca() {
+    [ -f "$STATE/pki/ca.key" ] || openssl genrsa -out "$STATE/pki/ca.key" 2048 2>/dev/null
+    # The CA names what its key may do (keyUsage): Python 3.13's default verification
+    # (VERIFY_X509_STRICT) refuses a CA without it. A CA made earlier without it is issued
+    # again from the same key and name, so the certificates it signed stay valid.
+    if ! openssl x509 -in "$STATE/pki/ca.crt" -noout -ext keyUsage 2>/dev/null \
+            | grep -q "Certificate Sign"; then
+        openssl req -x509 -new -key "$STATE/pki/ca.key" -subj "/CN=container-jobs-test-ca" \
+            -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
+            -days 3650 -out "$STATE/pki/ca.crt.new" 2>/dev/null
+        mv "$STATE/pki/ca.crt.new" "$STATE/pki/ca.crt"
+    fi
+}
+
 ensure_pki() {
     mkdir -p "$STATE/pki"
     chmod 700 "$STATE" "$STATE/pki"
-    if [ ! -f "$STATE/pki/ca.crt" ]; then
-        openssl genrsa -out "$STATE/pki/ca.key" 2048 2>/dev/null
-        openssl req -x509 -new -key "$STATE/pki/ca.key" -subj "/CN=container-jobs-test-ca" \
-            -days 3650 -out "$STATE/pki/ca.crt" 2>/dev/null
-    fi
+    ensure_ca
     cert apiserver "/CN=kube-apiserver" \
         "subjectAltName=IP:127.0.0.1,IP:10.96.0.1,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
     cert admin "/O=system:masters/CN=container-jobs-admin"
@@ -441,6 +451,7 @@ case "${1:-}" in
 esac
 
 if [ -f "$STATE/pki/admin.crt" ] && ready && node_ready; then
+    ensure_ca  # a running cluster's CA made without keyUsage: issued again, nothing restarts
     echo "$KUBECONFIG_OUT"
     exit 0
 fi

@@ -97,6 +97,12 @@ def _add_job_arguments(submit: CommandParser) -> None:
     add("--env-template", metavar="NAME", help="Environment template name.")
     add("--timeout", type=int, metavar="S", help="Seconds before it is stopped.")
     add("--priority", type=int, default=0, help="Higher runs first (0).")
+    add(
+        "--queue",
+        default="default",
+        metavar="NAME",
+        help="The job's queue (default); process_container_jobs --queue NAME runs only its own.",
+    )
     add("--max-retries", type=int, default=0, metavar="N", help="Retries (0).")
     add(
         "--retry-on-failure",
@@ -173,6 +179,7 @@ def submit_keywords(options: dict[str, Any]) -> dict[str, Any]:
         "cpu_limit": options["cpu"],
         "timeout_seconds": options["timeout"],
         "priority": options["priority"],
+        "queue": options["queue"],
         "max_retries": options["max_retries"],
         "retry_on_failure": options["retry_on_failure"],
         "working_directory": options["workdir"],

@@ -13,7 +13,7 @@ imported from here; migrations name validators by their path here.
 
 from .bookkeeping import JobTally, WorkerHeartbeat
 from .hosts import EnvironmentVariableTemplate, ExecutorHost, RegistryCredential
-from .jobs import ContainerJob, JobAttempt
+from .jobs import DEFAULT_QUEUE, ContainerJob, JobAttempt
 from .status import JobStatus
 from .validators import (
     nul_errors,
@@ -31,6 +31,7 @@ from .validators import (
 _reference_validator = validate_reference
 
 __all__ = [
+    "DEFAULT_QUEUE",
     "ContainerJob",
     "EnvironmentVariableTemplate",
     "ExecutorHost",

@@ -31,6 +31,7 @@ from ..environment import (
 from ..exceptions import InvalidJobError, JobStateError
 from ..policy import refusals
 from ..spec import (
+    ATTEMPT_ENV,
     MAX_COMMAND_CHARS,
     MAX_GPUS,
     MAX_PIDS_LIMIT,
@@ -58,7 +59,10 @@ from .validators import (
     working_directory_error,
 )
 
-__all__ = ["ContainerJob", "JobAttempt"]
+__all__ = ["DEFAULT_QUEUE", "ContainerJob", "JobAttempt"]
+
+#: The queue of a job submitted without one (the Tasks framework's default queue name too).
+DEFAULT_QUEUE = "default"
 
 
 class ContainerJob(models.Model):
@@ -123,6 +127,11 @@ class ContainerJob(models.Model):
         default=False, help_text="Also retry when the command exits non-zero"
     )
     run_after = models.DateTimeField(null=True, blank=True, help_text="Not before this time")
+    queue = models.CharField(
+        max_length=100,
+        default=DEFAULT_QUEUE,
+        help_text="Workers started with --queue take only the jobs of their queues",
+    )
 
     # ---- the container spec beyond image, command and limits ----
     entrypoint = models.JSONField(
@@ -228,6 +237,17 @@ class ContainerJob(models.Model):
                 condition=Q(status="queued", docker_host__isnull=True),
                 name="cm_job_open_claim_idx",
             ),
+            # The same ordered scans for a worker limited to some queues: one per queue.
+            models.Index(
+                fields=["docker_host", "queue", "-priority", "created_at"],
+                condition=Q(status="queued"),
+                name="cm_job_queue_claim_idx",
+            ),
+            models.Index(
+                fields=["queue", "-priority", "created_at"],
+                condition=Q(status="queued", docker_host__isnull=True),
+                name="cm_job_queue_open_claim_idx",
+            ),
             models.Index(
                 fields=["lease_expires_at"],
                 condition=Q(status__in=["launching", "running"]),
@@ -248,6 +268,7 @@ class ContainerJob(models.Model):
             models.Index(
                 fields=["docker_host", "created_at", "id"], name="cm_job_host_created_idx"
             ),
+            models.Index(fields=["queue", "created_at", "id"], name="cm_job_queue_created_idx"),
             # The admin's search by the start of a name or an image (LIKE 'x%' on PostgreSQL
             # needs the pattern operator class; other databases ignore it).
             models.Index(
@@ -378,12 +399,16 @@ class ContainerJob(models.Model):
             host = self.docker_host
         settings = get_settings()
         credential = self.registry_credential if self.registry_credential_id else None
+        number = attempt if attempt is not None else max(self.attempt_count, 1)
+        environment = self.environment
+        if ATTEMPT_ENV in environment:  # the job asks to be told which attempt it is
+            environment[ATTEMPT_ENV] = str(number)
         return JobSpec(
             job_id=str(self.pk),
-            attempt=attempt if attempt is not None else max(self.attempt_count, 1),
+            attempt=number,
             image=self.docker_image,
             argv=self.argv,
-            environment=self.environment,
+            environment=environment,
             working_directory=self.working_directory,
             memory_limit_mb=self.memory_limit,
             cpu_limit=self.cpu_limit,

@@ -36,6 +36,7 @@ from django.utils.module_loading import import_string
 
 from ..environment import parse_environment
 from ..models import ContainerJob, JobStatus
+from ..spec import ATTEMPT_ENV
 from .call import COMMAND_NAME, TaskCall, parse_call
 from .compat import (
     BaseTaskBackend,
@@ -69,6 +70,8 @@ JOB_OPTIONS = frozenset(
         "labels",
         "memory_limit",
         "cpu_limit",
+        "max_retries",
+        "retry_on_failure",
         "timeout_seconds",
         "template",
         "environment",
@@ -121,6 +124,7 @@ class ContainerTaskBackend(BaseTaskBackend):
         command = [*options.pop("command", DEFAULT_COMMAND), COMMAND_NAME, *call.argv()]
         environment = dict(options.pop("environment", None) or {})
         environment[NONCE_ENV] = new_nonce()
+        environment[ATTEMPT_ENV] = ""  # the worker writes the attempt's number at each launch
         job = queue.submit(
             **options,
             command=command,
@@ -128,6 +132,7 @@ class ContainerTaskBackend(BaseTaskBackend):
             environment=environment,
             priority=task.priority,
             run_after=task.run_after,
+            queue=task.queue_name,
             job_id=UUID(call.result_id),
         )
         result = self._result(job, call, task, attempts=[])
@@ -210,7 +215,7 @@ class ContainerTaskBackend(BaseTaskBackend):
         if status in JobStatus.active():
             return TaskResultStatus.RUNNING, None, []
         nonce = parse_environment(job.override_environment).get(NONCE_ENV, "")
-        reported = parse(job.stdout_log or "", nonce)
+        reported = parse(job.stdout_log or "", nonce, max(job.attempt_count, 1))
         if reported is not None and reported.successful and status == JobStatus.COMPLETED:
             return TaskResultStatus.SUCCESSFUL, reported.return_value, []
         if reported is not None and not reported.successful:

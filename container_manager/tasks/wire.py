@@ -8,7 +8,9 @@ The nonce is made per job at enqueue and handed to the container in its environm
 (``CONTAINER_TASK_NONCE``), which the command removes before the task runs: a line the task
 prints (user data echoed, a log line) cannot pass for the outcome. The last line that carries
 the job's nonce and decodes wins. The outcome is ``{"status": "SUCCESSFUL", "return_value":
-...}`` or ``{"status": "FAILED", "exception_class_path": ..., "traceback": ...}``.
+...}`` or ``{"status": "FAILED", "exception_class_path": ..., "traceback": ...}``, with the
+``attempt`` it is the outcome of (``CONTAINER_JOB_ATTEMPT``, which the worker sets at every
+launch): an outcome is read back only for the job's current attempt, never an earlier one's.
 No database credentials are needed inside the container.
 """
 
@@ -35,14 +37,20 @@ class Outcome:
     return_value: Any = None
     exception_class_path: str = ""
     traceback: str = ""
+    attempt: int = 1
 
     def as_json(self) -> dict[str, Any]:
         if self.successful:
-            return {"status": "SUCCESSFUL", "return_value": self.return_value}
+            return {
+                "status": "SUCCESSFUL",
+                "return_value": self.return_value,
+                "attempt": self.attempt,
+            }
         return {
             "status": "FAILED",
             "exception_class_path": self.exception_class_path,
             "traceback": self.traceback,
+            "attempt": self.attempt,
         }
 
 
@@ -66,22 +74,29 @@ def _decode(line: str, nonce: str) -> Outcome | None:
         return None
     if not isinstance(data, dict):
         return None
+    attempt = data.get("attempt", 1)
+    if not isinstance(attempt, int) or isinstance(attempt, bool):
+        return None
     if data.get("status") == "SUCCESSFUL":
-        return Outcome(True, return_value=data.get("return_value"))
+        return Outcome(True, return_value=data.get("return_value"), attempt=attempt)
     if data.get("status") == "FAILED" and isinstance(data.get("exception_class_path"), str):
         return Outcome(
             False,
             exception_class_path=data["exception_class_path"],
             traceback=str(data.get("traceback", "")),
+            attempt=attempt,
         )
     return None
 
 
-def parse(stdout: str, nonce: str) -> Outcome | None:
-    """The outcome in ``stdout`` framed with ``nonce`` (the last valid one), or None."""
+def parse(stdout: str, nonce: str, attempt: int | None = None) -> Outcome | None:
+    """The outcome in ``stdout`` framed with ``nonce`` (the last valid one), or None; with
+    ``attempt``, only an outcome of that attempt."""
     if not nonce:
         return None
     for line in reversed(stdout.splitlines()):
-        if line.startswith(MARKER) and (outcome := _decode(line, nonce)) is not None:
+        if not line.startswith(MARKER) or (outcome := _decode(line, nonce)) is None:
+            continue
+        if attempt is None or outcome.attempt == attempt:
             return outcome
     return None

@@ -142,6 +142,7 @@ class Command(BaseCommand):
             ("Limits", self._limits(job)),
             *job_spec_rows(job),
             ("Priority", str(job.priority)),
+            ("Queue", job.queue),
             ("Attempts", f"{job.attempt_count} (retries allowed: {job.max_retries})"),
             ("Container", job.container_id or "-"),
             ("Exit code", "-" if job.exit_code is None else str(job.exit_code)),

@@ -26,6 +26,14 @@ class Command(BaseCommand):
             help="Only jobs of this host (repeatable)",
         )
         parser.add_argument(
+            "--queue",
+            action="append",
+            dest="queues",
+            default=[],
+            metavar="NAME",
+            help="Only jobs of this queue (repeatable; default: every queue)",
+        )
+        parser.add_argument(
             "--shutdown-timeout",
             type=float,
             default=30.0,
@@ -51,6 +59,7 @@ class Command(BaseCommand):
             concurrency=options["concurrency"],
             burst=options["burst"],
             hosts=options["hosts"],
+            queues=options["queues"],
             shutdown_timeout=options["shutdown_timeout"],
             poll_interval=options["poll_interval"],
         )

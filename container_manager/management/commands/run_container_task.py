@@ -16,12 +16,14 @@ from __future__ import annotations
 import json
 import os
 import sys
+from dataclasses import replace
 from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from django.utils import timezone
 from django.utils.module_loading import import_string
 
+from ...spec import ATTEMPT_ENV
 from ...tasks.call import COMMAND_NAME
 from ...tasks.wire import NONCE_ENV, Outcome, frame
 
@@ -43,7 +45,9 @@ class Command(BaseCommand):
         nonce = os.environ.pop(NONCE_ENV, "")
         if not nonce:
             raise CommandError(f"{NONCE_ENV} is not set: {COMMAND_NAME} runs in a task's job")
+        options["attempt"] = _attempt()
         outcome, code = run(options)
+        outcome = replace(outcome, attempt=options["attempt"])
         sys.stdout.flush()
         sys.stderr.flush()
         # On a line of its own, after everything the task printed (even without a newline).
@@ -78,8 +82,16 @@ def run(options: dict[str, Any]) -> tuple[Outcome, int]:
         return _failed(err), 1
 
 
+def _attempt() -> int:
+    """This container's attempt number, as the worker set it (1 when it is not set)."""
+    text = os.environ.get(ATTEMPT_ENV, "")
+    return int(text) if text.isdigit() and int(text) > 0 else 1
+
+
 def _result(task: Any, options: dict[str, Any], arguments: dict[str, Any]) -> Any:
-    """The result the task's context carries: this run, its first attempt."""
+    """The result the task's context carries: this run, as attempt number ``attempt``. The
+    container cannot read the earlier attempts' workers (it has no database access): their
+    entries in ``worker_ids`` are empty strings; ``get_result()`` has the real ones."""
     from ...tasks import compat
 
     now = timezone.now()
@@ -95,7 +107,7 @@ def _result(task: Any, options: dict[str, Any], arguments: dict[str, Any]) -> An
         kwargs=arguments["kwargs"],
         backend=options["backend"],
         errors=[],
-        worker_ids=[os.environ.get("HOSTNAME", "container")],
+        worker_ids=[""] * (options["attempt"] - 1) + [os.environ.get("HOSTNAME", "container")],
     )
 
 
