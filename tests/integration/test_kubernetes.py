@@ -362,17 +362,21 @@ def test_a_timeout_and_a_cancellation_stop_the_pod(k8s_host, core, kube_namespac
         worker.stop()
         thread.join(30)
     slow, doomed = fresh(slow), fresh(doomed)
-    assert (slow.status, slow.exit_code, slow.stdout_log) == (JobStatus.TIMEOUT, 137, "slow\n"), (
-        slow.last_error
-    )
+    # The exit code is the kubelet's report: SIGKILL's 137, or none when the kubelet of a busy
+    # node let the pod go without one (its 1.20 does so at times); never another.
+    assert (slow.status, slow.stdout_log) == (JobStatus.TIMEOUT, "slow\n"), slow.last_error
+    assert slow.exit_code in KILLED_OR_UNREPORTED
     assert slow.last_error == "Timed out after 3s; stopped."
-    assert (doomed.status, doomed.exit_code, doomed.stdout_log) == (
-        JobStatus.CANCELLED, 137, "doomed\n"
-    )  # fmt: skip
-    assert JobAttempt.objects.get(job=slow).exit_code == 137
+    assert (doomed.status, doomed.stdout_log) == (JobStatus.CANCELLED, "doomed\n")
+    assert doomed.exit_code in KILLED_OR_UNREPORTED
+    assert JobAttempt.objects.get(job=slow).exit_code == slow.exit_code
     assert time.monotonic() - started < 40, "stopped, not waited out"
     for job in (slow, doomed):
         assert jobs_named(batch_api(core), kube_namespace, job.container_id) == []
+
+
+#: A stopped pod's exit code as recorded: SIGKILL's, or none when the kubelet reported none.
+KILLED_OR_UNREPORTED = (137, None)
 
 
 def test_a_running_jobs_output_is_recorded_while_it_runs(k8s_host, settings):
@@ -380,11 +384,13 @@ def test_a_running_jobs_output_is_recorded_while_it_runs(k8s_host, settings):
     script = "echo first; echo oops >&2; sleep 6; echo second"
     job = submit(host=k8s_host, image=TEST_IMAGE, command=["sh", "-c", script])
     seen = output_seen_running(job, timeout=30, stderr=False)  # merged
-    assert seen == [("first\noops\n", "")], "recorded while the pod ran (merged)"
+    # Merged by the kubelet as they arrive: the two lines in either order.
+    assert [(sorted(out.splitlines()), err) for out, err in seen] == [(["first", "oops"], "")]
     job = fresh(job)
-    assert (job.status, job.stdout_log, job.stderr_log) == (
-        JobStatus.COMPLETED, "first\noops\nsecond\n", ""
+    assert (job.status, job.stdout_log.endswith("second\n"), job.stderr_log) == (
+        JobStatus.COMPLETED, True, ""
     )  # fmt: skip
+    assert sorted(job.stdout_log.splitlines()) == ["first", "oops", "second"]
 
 
 def test_a_worker_killed_mid_run_leaves_jobs_another_adopts(k8s_host, settings):

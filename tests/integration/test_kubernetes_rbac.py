@@ -195,7 +195,8 @@ def test_jobs_run_with_only_the_manifests_rights(account, settings, monkeypatch)
     ok.refresh_from_db()
     slow.refresh_from_db()
     assert (ok.status, ok.exit_code, ok.stdout_log) == (JobStatus.FAILED, 3, "len=6\ndone\n")
-    assert (slow.status, slow.exit_code, slow.stdout_log) == (JobStatus.TIMEOUT, 137, "slow\n")
+    assert (slow.status, slow.stdout_log) == (JobStatus.TIMEOUT, "slow\n")
+    assert slow.exit_code in (137, None), "SIGKILL's, or none when the kubelet reported none"
     sa = account.executor()
     assert sa.health_check() is True and sa.get_version() == "v1.20.2"
     assert sa.capacity() is None, "nodes are the cluster's business: not granted"
