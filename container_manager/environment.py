@@ -7,7 +7,7 @@ import re
 from collections.abc import Mapping
 
 from .exceptions import InvalidJobError, SecretUnavailableError
-from .spec import MAX_SECRETS
+from .spec import MAX_SECRETS, JobSpec
 
 __all__ = [
     "check_reference",
@@ -20,6 +20,7 @@ __all__ = [
     "redact",
     "resolve_reference",
     "secret_values",
+    "secrets_of",
     "unmask",
 ]
 
@@ -87,6 +88,17 @@ def secret_values(env: Mapping[str, str]) -> set[str]:
     for value in list(values):
         values.update(m.group(0).rsplit(":", 1)[-1][:-1] for m in _SECRET_SHAPE.finditer(value))
     return {v for v in values if len(v) >= MIN_REDACTED_CHARS}
+
+
+def secrets_of(spec: JobSpec) -> set[str]:
+    """The values to keep out of what is recorded of a job: its secret-looking environment,
+    its resolved secret references, its registry password."""
+    values = secret_values(spec.environment) | secret_values(
+        {f"SECRET_{name}": value for name, value in spec.secrets.items()}
+    )
+    if spec.registry_auth is not None and len(spec.registry_auth.password) >= MIN_REDACTED_CHARS:
+        values.add(spec.registry_auth.password)
+    return values
 
 
 def redact(text: str, secrets: set[str]) -> str:

@@ -22,7 +22,8 @@ from django.utils import timezone
 from . import compiled
 from .conf import get_settings
 from .deadline import CallTimedOut, call_before
-from .environment import MIN_REDACTED_CHARS, redact, secret_values
+from .engine_faults import killed_by_engine, remove_named, remove_once_back
+from .environment import redact, secrets_of
 from .exceptions import (
     ContainerNotFoundError,
     ExecutorConnectionError,
@@ -55,10 +56,6 @@ _ENGINE_RETRY_MAX = 30.0  # seconds between tries while an engine does not answe
 # that shuts down and leaves the job for adoption (its thread, and its database connection,
 # end within this).
 _WAIT_SLICE = 5.0
-#: Exit codes of a container killed by SIGKILL or SIGTERM.
-_KILLED = frozenset({128 + 9, 128 + 15})
-_PROBE_EVERY = 0.5  # seconds between engine probes after such a death
-_REMOVE_PATIENCE = 120.0  # seconds to wait for a stopped engine to remove a container
 # Seconds a job runs before its output is followed: most jobs end sooner, and their output
 # is read in one request after the exit (the engine's log can lose nothing in a second
 # unless the job writes more than half of ENGINE_LOG_MAX_BYTES in it).
@@ -85,17 +82,6 @@ class RunControl:
     cancel: threading.Event = field(default_factory=threading.Event)
     abandon: threading.Event = field(default_factory=threading.Event)
     container_id: str = ""
-
-
-def _secrets_of(spec: JobSpec) -> set[str]:
-    """The values to keep out of what is recorded of a job: its secret-looking environment,
-    its resolved secret references, its registry password."""
-    values = secret_values(spec.environment) | secret_values(
-        {f"SECRET_{name}": value for name, value in spec.secrets.items()}
-    )
-    if spec.registry_auth is not None and len(spec.registry_auth.password) >= MIN_REDACTED_CHARS:
-        values.add(spec.registry_auth.password)
-    return values
 
 
 class JobRunner:
@@ -160,7 +146,7 @@ class JobRunner:
             spec = self._db(self.job.spec, "reading the job")
             self._spec_record = self.executor.effective(spec).describe()
             spec = self._db(lambda: self.job.resolve(spec), "reading the job")
-            self._secrets = _secrets_of(spec)
+            self._secrets = secrets_of(spec)
         except InvalidJobError as err:
             self._finish(JobStatus.FAILED, error=f"Invalid job: {err}", exit_code=None)
             return
@@ -246,20 +232,14 @@ class JobRunner:
         log.warning("job=%s launch given up after %gs: %s", self.job.pk, limit or 0, why)
         STUCK_LAUNCHES.add()
         threading.Thread(
-            target=self._remove_named, args=(spec.name,), name="remove-stuck", daemon=True
+            target=remove_named,
+            args=(self.executor, spec.name),
+            name="remove-stuck",
+            daemon=True,
         ).start()
         self._fail_or_retry(
             f"Launch did not reach running within {limit:g}s ({why}); given up.", elsewhere=True
         )
-
-    def _remove_named(self, name: str) -> None:
-        try:
-            container_id = self.executor.find_container(name)
-        except ExecutorError as err:
-            log.info("container %s of a stuck launch not looked up: %s", name, err)
-            return
-        if container_id:
-            self._remove(container_id)
 
     # ---- watch ------------------------------------------------------------------------
 
@@ -444,32 +424,15 @@ class JobRunner:
             self._remove(container_id)
 
     def _killed_by_engine(self, container_id: str, ending: Ending, state: ContainerState) -> bool:
-        """Whether the container was killed by its engine shutting down (a restart, with
-        live restore off), not by the job itself: it died of SIGTERM or SIGKILL that this
-        worker did not send, and the engine went away around then."""
-        if ending is not Ending.EXITED or state.oom_killed or state.exit_code not in _KILLED:
-            return False
-        if self._engine_lost:
-            return True
-        try:
-            restarted = self.executor.engine_restarted(
-                container_id, state.started_at, self.settings.ENGINE_SHUTDOWN_PROBE
-            )
-        except ExecutorError:
-            return True
-        return self._engine_goes_away() if restarted is None else restarted
-
-    def _engine_goes_away(self) -> bool:
-        """Whether the engine stops answering within ENGINE_SHUTDOWN_PROBE seconds."""
-        end = time.monotonic() + self.settings.ENGINE_SHUTDOWN_PROBE
-        while time.monotonic() < end and not self.control.abandon.is_set():
-            try:
-                if not self.executor.health_check():
-                    return True
-            except ExecutorError:
-                return True
-            self.control.abandon.wait(_PROBE_EVERY)
-        return False
+        """Whether its engine shutting down killed the container (see :mod:`.engine_faults`)."""
+        return ending is Ending.EXITED and killed_by_engine(
+            self.executor,
+            container_id,
+            state,
+            engine_lost=self._engine_lost,
+            probe=self.settings.ENGINE_SHUTDOWN_PROBE,
+            stop=self.control.abandon,
+        )
 
     def _infrastructure_retry(self, container_id: str, exit_code: int | None) -> None:
         retry = self.job.infrastructure_retries + 1
@@ -481,26 +444,11 @@ class JobRunner:
         if self._requeue(error, exit_code=exit_code, infrastructure=True, elsewhere=True):
             INFRASTRUCTURE_RETRIES.add()
             threading.Thread(
-                target=self._remove_once_back, args=(container_id,), name="remove", daemon=True
+                target=remove_once_back,
+                args=(self.executor, container_id),
+                name="remove",
+                daemon=True,
             ).start()
-
-    def _remove_once_back(self, container_id: str) -> None:
-        """Remove the container of an attempt its engine ended, once the engine answers
-        again (for up to _REMOVE_PATIENCE seconds; the reaper removes it after that)."""
-        end, delay = time.monotonic() + _REMOVE_PATIENCE, 0.5
-        while True:
-            try:
-                self.executor.discard(container_id)
-                return
-            except ExecutorConnectionError:
-                if time.monotonic() + delay > end:
-                    log.info("container %s left to the reaper", container_id[:12])
-                    return
-                time.sleep(delay)
-                delay = min(delay * 2, 10.0)
-            except ExecutorError as err:
-                log.warning("container %s not removed: %s", container_id[:12], err)
-                return
 
     def _redacted_output(self, text: str) -> str:
         return redact(text, self._secrets) if self.settings.REDACT_OUTPUT else text

@@ -6,14 +6,15 @@ only if the job is still in the state the caller saw (a conditional UPDATE), so 
 worker whose lease was taken over can never overwrite the new owner's record.
 
 The rooms: :mod:`.status` (the status type), :mod:`.validators` (fields' validators and
-parsers), :mod:`.hosts` (hosts, templates, registry credentials), :mod:`.jobs` (jobs and
-their attempts), :mod:`.bookkeeping` (workers' heartbeats, the tally). Everything is
-imported from here; migrations name validators by their path here.
+parsers), :mod:`.hosts` (hosts, templates, registry credentials), :mod:`.jobs` (jobs),
+:mod:`.attempts` (their attempts), :mod:`.bookkeeping` (workers' heartbeats, the tally).
+Everything is imported from here; migrations name validators by their path here.
 """
 
+from .attempts import JobAttempt
 from .bookkeeping import JobTally, WorkerHeartbeat
 from .hosts import EnvironmentVariableTemplate, ExecutorHost, RegistryCredential
-from .jobs import DEFAULT_QUEUE, ContainerJob, JobAttempt
+from .jobs import DEFAULT_QUEUE, ContainerJob
 from .status import JobStatus
 from .validators import (
     nul_errors,
