@@ -75,7 +75,7 @@ from .base import (
     Stream,
     no_usage,
 )
-from .kubernetes_api import ClusterApi, chunks
+from .kubernetes_api import ClusterApi, chunks, release
 from .kubernetes_host import (
     ClusterTarget,
     cluster_url,
@@ -343,7 +343,7 @@ class KubernetesExecutor(BaseExecutor):
             try:
                 yield from chunks(response)
             finally:
-                response.release_conn()
+                release(response)
 
     def iter_outputs(self, container_id: str) -> Iterator[tuple[Stream, bytes]]:
         for chunk in self.iter_output(container_id, "stdout"):
@@ -361,7 +361,7 @@ class KubernetesExecutor(BaseExecutor):
                 for text in untimed(chunks(response)):
                     yield "stdout", text
             finally:
-                response.release_conn()
+                release(response)
         if container_id in self._stopping:
             return  # the stop ended it: the log ends with the container
         ended = self.cluster.watch(
@@ -382,7 +382,7 @@ class KubernetesExecutor(BaseExecutor):
             try:
                 return bytes(response.data)
             finally:
-                response.release_conn()
+                release(response)
 
     def find_container(self, name: str) -> str | None:
         try:

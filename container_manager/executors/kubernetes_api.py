@@ -26,7 +26,7 @@ from . import kubernetes_spec
 from .kubernetes_host import ClusterTarget, configuration, sdk
 from .kubernetes_pods import Obj
 
-__all__ = ["FOLLOW_IDLE", "READ_SIZE", "ClusterApi", "chunks", "lines"]
+__all__ = ["FOLLOW_IDLE", "READ_SIZE", "ClusterApi", "chunks", "lines", "release"]
 
 READ_SIZE = 64 * 1024
 _WATCH_SLICE = 30.0  # seconds per watch request at most
@@ -108,7 +108,7 @@ class ClusterApi:
             try:
                 data = response.data
             finally:
-                response.release_conn()
+                release(response)
             return dict(json.loads(data)) if data else {}
 
     # ---- a Job's pod ------------------------------------------------------------------
@@ -179,8 +179,7 @@ class ClusterApi:
                     event = json.loads(line)
                     yield str(event.get("type") or ""), dict(event.get("object") or {})
             finally:
-                response.close()
-                response.release_conn()
+                release(response)
 
     def log(
         self, pod_name: str, *, follow: bool = False, idle: float = FOLLOW_IDLE, **params: Any
@@ -198,6 +197,15 @@ class ClusterApi:
             _request_timeout=(self.timeout, idle) if follow else self.timeout,
             **params,
         )
+
+
+def release(response: Any) -> None:
+    """Give a streamed answer's connection back to the client's pool, closed first unless
+    the answer was read to its end: a connection with part of an answer still on it would
+    be taken by the next request, which then fails (``ResponseNotReady('Request-sent')``)."""
+    if not response.closed:
+        response.close()
+    response.release_conn()
 
 
 def chunks(response: Any) -> Iterator[bytes]:

@@ -18,7 +18,7 @@ from typing import Any
 
 from ..exceptions import ContainerNotFoundError, ExecutorError
 from . import kubernetes_pods as pod_state
-from .kubernetes_api import ClusterApi, chunks
+from .kubernetes_api import ClusterApi, chunks, release
 from .kubernetes_logs import untimed
 from .kubernetes_pods import Obj
 
@@ -63,7 +63,7 @@ def stop(cluster: ClusterApi, job: str, pod: Obj, version: str, grace: int) -> S
             )
     except ExecutorError:
         if log is not None:
-            log.close()  # unread: the connection is not reused
+            release(log)
         raise
     output = _read(cluster, log, job) if log is not None else b""
     return Stopped(_last_state(cluster, job, pod, version, grace + SETTLE_SECONDS), output)
@@ -87,7 +87,7 @@ def _read(cluster: ClusterApi, response: Any, job: str) -> bytes:
     except ExecutorError:
         pass
     finally:
-        response.release_conn()
+        release(response)
     return b"".join(read)
 
 

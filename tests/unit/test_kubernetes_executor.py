@@ -61,6 +61,7 @@ class Answer:
         self.data = data
         self.chunks = chunks if chunks is not None else [data]
         self.released = False
+        self.closed = False
 
     def stream(self, amt: int, decode_content: bool = True) -> Iterator[bytes]:
         for chunk in self.chunks:
@@ -80,7 +81,7 @@ class Answer:
         self.released = True
 
     def close(self) -> None:
-        pass
+        self.closed = True
 
 
 def _json(obj: Any) -> Answer:
