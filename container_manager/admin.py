@@ -7,9 +7,11 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, TypedDict, cast
+from urllib.parse import parse_qsl, urlencode
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.utils import quote
 from django.contrib.admin.views.main import ChangeList
 from django.core.exceptions import PermissionDenied
 from django.db.models import QuerySet
@@ -30,6 +32,7 @@ from .admin_fields import (
     SafeLookups,
     badge,
     job_search,
+    row_checkbox,
     seconds,
     short_time,
 )
@@ -176,10 +179,28 @@ LIST_COLUMNS = ("id", "name", "status", "docker_host", "docker_host__name", "que
 
 
 class JobChangeList(ChangeList):
-    """The job list: its rows read only :data:`LIST_COLUMNS`."""
+    """The job list: its rows read only :data:`LIST_COLUMNS`, and each row's link is the
+    change page's URL reversed once for the page, with the list's filters kept (what
+    Django's ``add_preserved_filters`` makes of it, resolving every row's URL)."""
+
+    _PK = "cm0job0pk"
+
+    def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
+        super().__init__(request, *args, **kwargs)
+        kept = dict(parse_qsl(self.preserved_filters))
+        self._link_query = f"?{urlencode(kept)}" if kept else ""
+        self.preserved_filters = ""  # in the link already
+        self._link = reverse(
+            f"admin:{self.opts.app_label}_{self.opts.model_name}_change",
+            args=(self._PK,),
+            current_app=self.model_admin.admin_site.name,
+        )
 
     def get_queryset(self, request: HttpRequest, exclude_parameters: Any = None) -> Any:
         return super().get_queryset(request, exclude_parameters).only(*LIST_COLUMNS)
+
+    def url_for_result(self, result: Any) -> str:
+        return self._link.replace(self._PK, quote(str(result.pk))) + self._link_query
 
 
 def _whole(jobs: QuerySet[ContainerJob]) -> QuerySet[ContainerJob]:
@@ -198,11 +219,13 @@ class ContainerJobAdmin(SafeLookups):
     # Every page at millions of jobs: no count of the whole table (the paginator counts up
     # to a bound, then shows PostgreSQL's estimate, labelled), no facet counts.
     paginator = EstimatingPaginator
-    # Django's rendering of a row costs about 1 ms here; the SQL of a page, a few ms.
+    # A row costs Django about 0.5 ms to render here (see JobChangeList, row_checkbox); the
+    # SQL of a page, a few ms.
     list_per_page = 50
     show_full_result_count = False
     show_facets = admin.ShowFacets.NEVER
     actions = ("cancel_jobs", "retry_jobs", "requeue_jobs")
+    action_checkbox = row_checkbox
     inlines = (JobAttemptInline,)
     fieldsets = (
         (None, {"fields": ("id", "name", "status_display", "docker_host", "docker_image",
