@@ -38,6 +38,7 @@ __all__ = [
     "backoff_delay",
     "cancel",
     "claim",
+    "expired_leases",
     "prepare",
     "requeue_copy",
     "resolve_host",
@@ -337,14 +338,21 @@ def record_attempt(job: ContainerJob, *, adopted: bool = False, **fields: Any) -
         row.save(force_insert=True)
 
 
-def adopt_expired(worker_id: str, limit: int) -> list[Claimed]:
-    """Take over up to ``limit`` jobs whose worker's lease ran out (it died or was cut off)."""
+def adopt_expired(
+    worker_id: str,
+    limit: int,
+    *,
+    hosts: Sequence[str] | None = None,
+    queues: Sequence[str] | None = None,
+) -> list[Claimed]:
+    """Take over up to ``limit`` jobs whose worker's lease ran out (it died or was cut off):
+    of ``hosts`` and ``queues`` when given, as :func:`claim` takes them."""
     if limit <= 0:
         return []
     now = timezone.now()
     lease_until = now + timedelta(seconds=get_settings().LEASE_SECONDS)
     expired = list(
-        ContainerJob.objects.filter(status__in=JobStatus.active(), lease_expires_at__lt=now)
+        expired_leases(now, hosts=hosts, queues=queues)
         .order_by("lease_expires_at")
         .values_list("pk", "worker_id")[:limit]
     )
@@ -357,6 +365,21 @@ def adopt_expired(worker_id: str, limit: int) -> list[Claimed]:
     ]
     jobs = ContainerJob.objects.filter(pk__in=taken).select_related("docker_host")
     return [Claimed(job, adopted=True) for job in jobs]
+
+
+def expired_leases(
+    now: datetime,
+    *,
+    hosts: Sequence[str] | None = None,
+    queues: Sequence[str] | None = None,
+) -> QuerySet[ContainerJob]:
+    """The held jobs whose lease ran out by ``now``: of ``hosts`` and ``queues`` when given."""
+    expired = ContainerJob.objects.filter(status__in=JobStatus.active(), lease_expires_at__lt=now)
+    if hosts:
+        expired = expired.filter(docker_host__name__in=hosts)
+    if queues:
+        expired = expired.filter(queue__in=queues)
+    return expired
 
 
 def _get(job: ContainerJob | str) -> ContainerJob:

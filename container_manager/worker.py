@@ -31,7 +31,7 @@ from .health import check_host, declare_lost_jobs
 from .models import ContainerJob, ExecutorHost, JobStatus, WorkerHeartbeat
 from .notify import Listener
 from .outage import ADOPTIONS, DB_ERRORS, OUTAGE, backoff, close_broken, is_outage
-from .queue import Claimed, adopt_expired, claim
+from .queue import Claimed, adopt_expired, claim, expired_leases
 from .reaper import prune_jobs, reap
 from .runner import JobRunner, RunControl
 from .tally import compact
@@ -271,7 +271,7 @@ class Worker:
         now = time.monotonic()
         if now >= self._next_adoption:
             released = release_dead_holders(self.worker_id, self.lease_seconds)
-            claimed += adopt_expired(self.worker_id, free)
+            claimed += adopt_expired(self.worker_id, free, hosts=self.hosts, queues=self.queues)
             dead = sum(1 for item in claimed if item.job.pk in released)
             ADOPTIONS.add("holder_dead", dead)
             ADOPTIONS.add("lease_expired", len(claimed) - dead)
@@ -489,10 +489,7 @@ class Worker:
         query = query.filter(bound | placing)
         if query.exists():
             return True
-        expired = ContainerJob.objects.filter(
-            Q(status__in=JobStatus.active()), Q(lease_expires_at__lt=timezone.now())
-        )
-        return expired.exists()
+        return expired_leases(timezone.now(), hosts=self.hosts, queues=self.queues).exists()
 
     # ---- shutdown ----------------------------------------------------------------------
 

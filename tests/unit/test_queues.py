@@ -95,6 +95,27 @@ class TestClaim:
             assert len(queue.claim("w", 10, queues=["reports", "mail", "reports"])) == 2
 
 
+class TestAdoption:
+    def _expired(self, host, queue_name):
+        return ContainerJobFactory(
+            docker_host=host, queue=queue_name, status=JobStatus.RUNNING, worker_id="dead",
+            container_id=f"c-{queue_name}", lease_expires_at=timezone.now() - timedelta(seconds=5),
+        )  # fmt: skip
+
+    def test_a_worker_of_some_queues_adopts_only_their_jobs(self, host):
+        reports, mail = self._expired(host, "reports"), self._expired(host, "mail")
+        assert queue.adopt_expired("w", 10, queues=["nothing-here"]) == []
+        assert ids(queue.adopt_expired("w", 10, queues=["reports"])) == [reports.pk]
+        assert ids(queue.adopt_expired("w", 10)) == [mail.pk]  # no queues: every queue
+
+    def test_a_worker_of_some_hosts_adopts_only_their_jobs(self, host):
+        other = ExecutorHostFactory(name="other-engine")
+        here, there = self._expired(host, "default"), self._expired(other, "default")
+        assert ids(queue.adopt_expired("w", 10, hosts=["other-engine"])) == [there.pk]
+        assert ids(queue.adopt_expired("w", 10, hosts=["main-engine"], queues=["x"])) == []
+        assert ids(queue.adopt_expired("w", 10, hosts=["main-engine"])) == [here.pk]
+
+
 @pytest.mark.django_db(transaction=True)
 class TestCommands:
     @pytest.fixture
@@ -130,6 +151,17 @@ class TestCommands:
         }
         call_command("process_container_jobs", "--burst", stdout=StringIO())
         assert ContainerJob.objects.get(pk=jobs["default"].pk).status == JobStatus.COMPLETED
+
+    def test_a_burst_worker_does_not_wait_for_another_queues_expired_job(self, fake_host, engine):
+        held = ContainerJobFactory(
+            docker_host=fake_host, queue="mail", status=JobStatus.RUNNING, worker_id="dead",
+            container_id="gone", lease_expires_at=timezone.now() - timedelta(seconds=5),
+        )  # fmt: skip
+        mine = queue.submit(host=fake_host, image=IMAGE, command="true", queue="reports")
+        assert Worker(burst=True, concurrency=2, queues=["reports"]).run() == 1
+        assert ContainerJob.objects.get(pk=mine.pk).status == JobStatus.COMPLETED
+        held.refresh_from_db()
+        assert (held.status, held.worker_id) == (JobStatus.RUNNING, "dead")
 
     def test_a_worker_without_queues_takes_every_queue(self, fake_host, engine):
         for name in ("reports", "default"):
