@@ -39,7 +39,7 @@ log = logging.getLogger("container_manager.retention")
 #: The size of the first batch, and the bounds a batch's size adapts within.
 _PRUNE_BATCH, _PRUNE_MIN_BATCH, _PRUNE_MAX_BATCH = 500, 50, 2000
 #: How long a batch aims to take (its size halves above twice this, doubles below half).
-BATCH_SECONDS = 0.05
+BATCH_SECONDS = 0.025
 #: A batch is followed by a rest this many times as long as it took (at most
 #: _PRUNE_MAX_PAUSE seconds): the prune uses at most a third of the time.
 _PRUNE_REST = 2.0
