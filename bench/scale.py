@@ -426,6 +426,11 @@ def _claims_during(action: Callable[[], object]) -> list[float]:
         [sys.executable, sys.argv[0], "scale", "_claimer"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
+    assert claimer.stdout is not None and claimer.stdin is not None
+    # Read as it comes: a full pipe would stop the claimer (64 KiB: about 8,000 claims).
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(claimer.stdout or ()))
+    reader.start()
     time.sleep(3)  # its start-up
     stop = threading.Event()
     seen: collections.Counter[str] = collections.Counter()
@@ -434,10 +439,13 @@ def _claims_during(action: Callable[[], object]) -> list[float]:
     action()
     stop.set()
     sampler.join()
-    out, _ = claimer.communicate("x")
+    claimer.stdin.write("x")
+    claimer.stdin.close()
+    reader.join()
+    claimer.wait()
     waits = ", ".join(f"{what} {n}" for what, n in seen.most_common(6))
     print(f"    the claimer's session, sampled every 5 ms: {waits}", flush=True)
-    return [float(line) for line in out.split()]
+    return [float(line) for line in lines]
 
 
 def _sample_claimer(stop: threading.Event, seen: collections.Counter[str]) -> None:
@@ -500,9 +508,9 @@ def measure_disk(rows: int) -> None:
 # ---- the run --------------------------------------------------------------------------------
 
 
-def measure_again(pg: str) -> None:
+def measure_again(pg: str, prune: bool = False) -> None:
     """``--again``: the pages and bulk submission once more, on the database a ``--keep``
-    run left (nothing is filled or pruned)."""
+    run left (nothing is filled; with ``prune``, the oldest million more are pruned)."""
     os.environ["DATABASE_URL"] = f"{pg}/{DB}"
     import django
 
@@ -513,6 +521,8 @@ def measure_again(pg: str) -> None:
     print(f"{'figure':<52} {'measured':<30} target")
     measure_pages(rows)
     measure_submit()
+    if prune:
+        measure_prune(rows, min(1_000_000, rows - 1000))
 
 
 def run(rows: int, queued: int, keep: bool, pg: str, prune: bool = True) -> None:
@@ -569,11 +579,13 @@ def main(argv: list[str]) -> None:
         action="store_true",
         help="measure the pages and submit_many again on a kept database",
     )
+    parser.add_argument("--prune", action="store_true",
+                        help="with --again: prune the oldest million more")  # fmt: skip
     parser.add_argument("--no-prune", action="store_true",
                         help="leave the prune out (and the rows in, for --again)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.again:
-        measure_again(pg)
+        measure_again(pg, prune=args.prune)
         return
     if args.rows < 1000 or args.queued < 8:
         parser.error("--rows is at least 1,000 and --queued at least 8")
