@@ -234,11 +234,21 @@ class KubernetesExecutor(BaseExecutor):
                         status_code=404,
                     ) from err
                 raise
-            kubernetes_secrets.own(self.cluster, self.cluster.read_job(spec.name), secrets)
+            self._own(spec.name, self.cluster.read_job(spec.name), secrets)
             return spec.name  # a previous try created it: adopted
-        kubernetes_secrets.own(self.cluster, job, secrets)
+        self._own(spec.name, job, secrets)
         self._await_start(spec)
         return spec.name
+
+    def _own(self, name: str, job: Obj, secrets: list[Obj]) -> None:
+        """Make the Job the owner of its Secrets, or remove it (and them) and raise: a Job
+        the launch gives up on must not run on unwatched."""
+        try:
+            kubernetes_secrets.own(self.cluster, job, secrets)
+        except ExecutorError:
+            with suppress(ContainerManagerError):
+                self.cleanup(name)
+            raise
 
     def _await_start(self, spec: JobSpec) -> None:
         """Wait (up to ``start_timeout``) until the pod runs or ends; raise (and delete the

@@ -463,6 +463,15 @@ def test_secrets_are_created_then_owned_by_the_job(executor, cluster):
     assert cluster.secrets == {} and cluster.jobs == {}
 
 
+def test_a_job_that_cannot_own_its_secrets_is_removed_with_them(executor, cluster):
+    cluster.pod_for = lambda name: _pod(name, phase="Running", state=RUNNING)
+    cluster.fail["patch_namespaced_secret"] = _error(403, 'cannot patch resource "secrets"')
+
+    with pytest.raises(PermanentLaunchError, match='cannot patch resource "secrets"'):
+        executor.run(_spec().with_secrets({"TOKEN": "v"}))
+    assert cluster.jobs == {} and cluster.secrets == {}, "nothing of the attempt is left to run"
+
+
 def test_discard_is_one_request(executor, cluster):
     cluster.jobs["cm-j1-1"] = {"metadata": {"name": "cm-j1-1"}}
     before = len(cluster.calls)
