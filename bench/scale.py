@@ -426,10 +426,11 @@ def _claims_during(action: Callable[[], object]) -> list[float]:
         [sys.executable, sys.argv[0], "scale", "_claimer"],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
-    assert claimer.stdout is not None and claimer.stdin is not None
+    out, into = claimer.stdout, claimer.stdin
+    assert out is not None and into is not None
     # Read as it comes: a full pipe would stop the claimer (64 KiB: about 8,000 claims).
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(claimer.stdout or ()))
+    reader = threading.Thread(target=lambda: lines.extend(out))
     reader.start()
     time.sleep(3)  # its start-up
     stop = threading.Event()
@@ -439,8 +440,8 @@ def _claims_during(action: Callable[[], object]) -> list[float]:
     action()
     stop.set()
     sampler.join()
-    claimer.stdin.write("x")
-    claimer.stdin.close()
+    into.write("x")
+    into.close()
     reader.join()
     claimer.wait()
     waits = ", ".join(f"{what} {n}" for what, n in seen.most_common(6))

@@ -359,9 +359,9 @@ def adopt_expired(
     taken = [
         pk
         for pk, old_worker in expired
-        if ContainerJob.objects.filter(
-            pk=pk, worker_id=old_worker, status__in=JobStatus.active(), lease_expires_at__lt=now
-        ).update(worker_id=worker_id, lease_expires_at=lease_until)
+        if expired_leases(now)
+        .filter(pk=pk, worker_id=old_worker)
+        .update(worker_id=worker_id, lease_expires_at=lease_until)
     ]
     jobs = ContainerJob.objects.filter(pk__in=taken).select_related("docker_host")
     return [Claimed(job, adopted=True) for job in jobs]
