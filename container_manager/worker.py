@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from types import FrameType
 from typing import Any
 
@@ -233,8 +233,9 @@ class Worker:
         if self.burst and not started and not self._busy():
             # Jobs may have ended since _fill() saw every slot taken: claim again
             # with all slots free before deciding that nothing is left.
+            before = timezone.now()
             started = self._fill()
-            if not started and not self._due_soon():
+            if not started and not self._due_soon(before):
                 return True
         if not started or self._free() == 0:
             self._wake.wait(self.poll_interval)
@@ -475,8 +476,11 @@ class Worker:
         except ContainerManagerError as err:
             log.warning("job=%s stop on cancel failed: %s", pk, err)
 
-    def _due_soon(self) -> bool:
-        """Burst mode: retries waiting for their backoff still count as work to do."""
+    def _due_soon(self, since: datetime) -> bool:
+        """Burst mode: retries waiting for their backoff still count as work to do.
+
+        ``since`` is a time taken before the claim that found nothing: a retry that fell
+        due after it may have been missed by that claim, so it counts as work still."""
         query = ContainerJob.objects.filter(status=JobStatus.QUEUED, attempt_count__gt=0)
         if self.queues:
             query = query.filter(queue__in=self.queues)
@@ -485,7 +489,7 @@ class Worker:
             bound &= Q(docker_host__name__in=self.hosts)
         # A retry sent back to placement counts while its backoff runs (once due, the
         # claims place it, or it waits for a host like any open job).
-        placing = Q(docker_host__isnull=True, run_after__gt=timezone.now())
+        placing = Q(docker_host__isnull=True, run_after__gt=since)
         query = query.filter(bound | placing)
         if query.exists():
             return True
