@@ -114,6 +114,13 @@ def fake_host(db: Any) -> Any:
     )
 
 
+# A job that outgrows a small memory limit. It waits a second first: a container the kernel
+# kills within milliseconds of its start can be reported without its OOM (the shim watches
+# the cgroup's OOM events only from a moment after the start; containerd issue 8180), which
+# a loaded CI machine made happen. Jobs that run out of memory later are reported whole.
+OOM_COMMAND = ["sh", "-c", "sleep 1; x=a; while true; do x=$x$x; done"]
+
+
 def until(predicate: Any, timeout: float = 30.0, interval: float = 0.02) -> None:
     """Wait until ``predicate()`` is true; fail the test after ``timeout`` seconds."""
     import time

@@ -22,7 +22,7 @@ from container_manager.exceptions import (
 from container_manager.executors.base import LABEL_JOB, LABEL_MANAGED, JobSpec
 from container_manager.executors.docker import DockerExecutor
 from container_manager.testing.factories import ContainerJobFactory, ExecutorHostFactory
-from tests.conftest import SESSION_ID, SESSION_LABEL
+from tests.conftest import OOM_COMMAND, SESSION_ID, SESSION_LABEL
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db]
 
@@ -165,7 +165,7 @@ def test_cpu_and_memory_limits_are_applied(
 
 
 def test_a_memory_limit_really_kills(executor, test_image, remove_later):
-    spec = _spec(test_image, "sh", "-c", "x=a; while true; do x=$x$x; done", memory_limit_mb=8)
+    spec = _spec(test_image, *OOM_COMMAND, memory_limit_mb=8)
     container_id = remove_later(executor.run(spec))
 
     assert executor.wait(container_id, timeout=30) == 137

@@ -39,7 +39,7 @@ from container_manager.worker import Worker
 from tests import cluster as clusters
 from tests import registry
 from tests.cluster import KUBECONFIG
-from tests.conftest import SESSION_ID, SESSION_LABEL, output_seen_running, until
+from tests.conftest import OOM_COMMAND, SESSION_ID, SESSION_LABEL, output_seen_running, until
 from tests.integration.test_executor_contract import Engine, _output, contract
 from tests.processes import worker_killed_mid_run, worker_process
 from tests.registry import PrivateImage
@@ -327,7 +327,7 @@ def test_jobs_complete_and_fail_with_their_output_exit_codes_and_oom(
     oom = submit(
         host=k8s_host,
         image=TEST_IMAGE,
-        command=["sh", "-c", "x=a; while true; do x=$x$x; done"],
+        command=OOM_COMMAND,
         memory_limit=8,
     )
 

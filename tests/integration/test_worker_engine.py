@@ -10,7 +10,7 @@ import pytest
 from container_manager.models import ContainerJob, JobAttempt, JobStatus
 from container_manager.queue import submit
 from container_manager.worker import Worker
-from tests.conftest import job_containers, output_seen_running
+from tests.conftest import OOM_COMMAND, job_containers, output_seen_running
 
 pytestmark = [pytest.mark.docker, pytest.mark.django_db(transaction=True)]
 
@@ -64,9 +64,7 @@ def test_real_jobs_record_output_exit_codes_and_environment(engine_host, test_im
 
 
 def test_memory_limit_really_kills_and_is_recorded_as_oom(engine_host, test_image):
-    job = run(
-        engine_host, test_image, ["sh", "-c", "x=a; while true; do x=$x$x; done"], memory_limit=8
-    )
+    job = run(engine_host, test_image, OOM_COMMAND, memory_limit=8)
     burst()
     job = fresh(job)
     assert (job.status, job.oom_killed, job.exit_code) == (JobStatus.FAILED, True, 137)
