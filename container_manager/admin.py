@@ -31,11 +31,11 @@ from .admin_fields import (
     QueueFilter,
     SafeLookups,
     badge,
-    job_search,
     row_checkbox,
     seconds,
     short_time,
 )
+from .admin_search import job_search, search_note
 from .environment import HIDDEN, format_environment, mask_environment
 from .exceptions import InvalidJobError, JobStateError
 from .models import DEFAULT_QUEUE, ContainerJob, JobAttempt, JobStatus
@@ -187,6 +187,8 @@ class JobChangeList(ChangeList):
 
     def __init__(self, request: HttpRequest, *args: Any, **kwargs: Any) -> None:
         super().__init__(request, *args, **kwargs)
+        if note := search_note(self.root_queryset, self.query, self.result_count):
+            messages.info(request, note)
         kept = dict(parse_qsl(self.preserved_filters))
         self._link_query = f"?{urlencode(kept)}" if kept else ""
         self.preserved_filters = ""  # in the link already

@@ -8,8 +8,6 @@ values are acceptable, naming the field.
 from __future__ import annotations
 
 import json
-import re
-import uuid
 from collections.abc import Callable, Mapping
 from datetime import datetime
 from functools import cached_property
@@ -21,7 +19,7 @@ from django.contrib.admin.filters import SimpleListFilter
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.core.paginator import Paginator
 from django.db import connections
-from django.db.models import Q, QuerySet
+from django.db.models import QuerySet
 from django.http import HttpRequest
 from django.utils.dates import MONTHS_3
 from django.utils.html import format_html
@@ -40,7 +38,6 @@ __all__ = [
     "QueueFilter",
     "SafeLookups",
     "badge",
-    "job_search",
     "row_checkbox",
     "seconds",
     "short_time",
@@ -193,24 +190,6 @@ def planner_estimate(query: QuerySet[Any]) -> int | None:
         return None
     plan = json.loads(query.explain(format="json"))
     return int(plan[0]["Plan"]["Plan Rows"])
-
-
-_HEX = re.compile(r"[0-9a-f]{1,32}")
-
-
-def job_search(query: QuerySet[Any], term: str) -> QuerySet[Any]:
-    """The jobs of ``query`` whose id is or starts with ``term`` (a range of the primary
-    key), or whose name or image starts with it (their pattern indexes): every arm is an
-    index lookup, none scans the table."""
-    term = term.strip()
-    if not term:
-        return query
-    match = Q(name__startswith=term) | Q(docker_image__startswith=term)
-    digits = term.lower().replace("-", "")
-    if _HEX.fullmatch(digits):
-        low, high = uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))
-        match |= Q(pk__gte=low, pk__lte=high)
-    return query.filter(match)
 
 
 def known_queues() -> list[str]:

@@ -58,7 +58,14 @@ def test_a_page_runs_a_fixed_number_of_queries(admin_client, fake_host, page, ur
     few = _get(admin_client, fake_host, url, query)
     _filled(fake_host, 57)
     many = _get(admin_client, fake_host, url, query)
+    expected += _search_queries(query)
     assert (few, many) == (expected, expected), page
+
+
+def _search_queries(query):
+    """A search on PostgreSQL first looks among the newest jobs, then (here, where fewer
+    match than it lists) reads the matches from their indexes: two queries (admin_search)."""
+    return 2 if "q" in query and connection.vendor == "postgresql" else 0
 
 
 @pytest.mark.parametrize(
