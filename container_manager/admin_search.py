@@ -26,7 +26,7 @@ from django.db.models import Q, QuerySet
 #: jobs to walk the creation index until it met them (700,000 rows for old matches).
 SEARCH_LIMIT = 500
 #: How many of the newest jobs of the list are looked at first.
-WALK_ROWS = 10_000
+WALK_ROWS = 100_000
 
 _HEX = re.compile(r"[0-9a-f]{1,32}")
 
