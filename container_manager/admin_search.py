@@ -59,9 +59,14 @@ def job_search(query: QuerySet[Any], term: str) -> QuerySet[Any]:
     if not term:
         return query
     parsed = _Term.parse(term)
-    if connections[query.db].vendor != "postgresql":
+    if not _bounded(query):
         return query.filter(reduce(operator.or_, parsed.arms()))
     return query.filter(pk__in=newest_matches(query, parsed, SEARCH_LIMIT))
+
+
+def _bounded(query: QuerySet[Any]) -> bool:
+    """Whether a search of ``query`` lists only its newest matches (PostgreSQL's)."""
+    return connections[query.db].vendor == "postgresql"
 
 
 def newest_matches(query: QuerySet[Any], term: _Term, limit: int) -> list[Any]:
@@ -80,7 +85,8 @@ def _run(query: QuerySet[Any], sql: str, params: list[Any]) -> list[Any]:
 
 def _among_the_newest(query: QuerySet[Any], term: _Term, limit: int) -> tuple[str, list[Any]]:
     """SQL of the matches among the newest :data:`WALK_ROWS` jobs of ``query``: those rows
-    are taken first (a derived table), then matched, so the walk never goes further."""
+    are taken first (a derived table), then matched, so the walk never goes further. The
+    match is :meth:`_Term.arms` written against the derived table's columns."""
     newest = query.order_by("-created_at", "-pk").values_list(
         "pk", "name", "docker_image", "created_at"
     )[:WALK_ROWS]
@@ -94,7 +100,7 @@ def _among_the_newest(query: QuerySet[Any], term: _Term, limit: int) -> tuple[st
     return (
         f"SELECT w.id FROM ({sql}) AS w(id, name, docker_image, created_at) WHERE {match}"
         f" ORDER BY w.created_at DESC, w.id DESC LIMIT {int(limit)}",
-        list(params),
+        params,
     )
 
 
@@ -117,9 +123,7 @@ def _every_match(query: QuerySet[Any], arms: list[Q], limit: int) -> tuple[str, 
 
 def search_note(query: QuerySet[Any], term: str, found: int) -> str:
     """What the list says when a search reached :data:`SEARCH_LIMIT` ('' otherwise)."""
-    if not term.strip() or found < SEARCH_LIMIT:
-        return ""
-    if connections[query.db].vendor != "postgresql":
+    if not term.strip() or found < SEARCH_LIMIT or not _bounded(query):
         return ""
     return (
         f"A search lists its newest {SEARCH_LIMIT:,} matches: a longer start of the name, "
