@@ -32,7 +32,7 @@ from django.utils import timezone
 from .conf import get_settings
 from .models import ContainerJob, JobAttempt, JobStatus
 
-__all__ = ["BATCH_SECONDS", "prune_jobs"]
+__all__ = ["BATCH_SECONDS", "prune_jobs", "vacuum_jobs"]
 
 log = logging.getLogger("container_manager.retention")
 
@@ -77,6 +77,22 @@ def prune_jobs(older_than: timedelta, dry_run: bool = False, budget: float | Non
     if deleted:
         log.info("retention pruned %d job(s) completed before %s", deleted, cutoff.isoformat())
     return deleted
+
+
+def vacuum_jobs() -> bool:
+    """On PostgreSQL, ``VACUUM (ANALYZE)`` the jobs' and attempts' tables, as after a large
+    prune: the space of deleted rows becomes reusable, the planner's statistics are fresh, and
+    the pages are marked all-visible again, which the search's index-only reads need (at ten
+    million jobs, 176,745 of 277,778 matches were read from the table until a VACUUM). It
+    takes no lock that workers wait on. Returns False elsewhere (SQLite's VACUUM rewrites the
+    whole file under an exclusive lock: not done here), and inside a transaction, where
+    PostgreSQL refuses it."""
+    if connection.vendor != "postgresql" or connection.in_atomic_block:
+        return False
+    tables = ", ".join(connection.ops.quote_name(t) for t in (_JOBS, _ATTEMPTS))
+    with connection.cursor() as cursor:
+        cursor.execute(f"VACUUM (ANALYZE) {tables}")
+    return True
 
 
 def _next_size(size: int, took: float) -> int:

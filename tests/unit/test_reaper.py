@@ -293,3 +293,45 @@ def test_command_prune_jobs_with_a_retention(fake_host, settings):
     assert "Would prune 1 job(s)" in run_command("--prune-jobs", "--dry-run")
     assert "Pruned 1 job(s) that ended more than 30 day(s) ago." in run_command("--prune-jobs")
     assert ContainerJob.objects.count() == 1
+
+
+def _vacuums() -> int:
+    """How many times the jobs' table was vacuumed by hand (PostgreSQL's statistics)."""
+    from django.db import connection
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_stat_clear_snapshot()")
+        cursor.execute(
+            "SELECT vacuum_count FROM pg_stat_user_tables WHERE relname = %s",
+            [ContainerJob._meta.db_table],
+        )
+        return cursor.fetchone()[0]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_command_vacuums_the_tables_after_a_prune_on_postgresql(fake_host, settings):
+    from django.db import connection
+
+    settings.CONTAINER_MANAGER = {**settings.CONTAINER_MANAGER, "JOB_RETENTION_DAYS": 30}
+    if connection.vendor != "postgresql":
+        make_job(fake_host, JobStatus.COMPLETED, ended_ago=40 * DAY)
+        assert "Vacuumed" not in run_command("--prune-jobs")  # SQLite: not done
+        assert ContainerJob.objects.count() == 0
+        return
+    before = _vacuums()
+    assert "Pruned 0 job(s)" in (out := run_command("--prune-jobs"))
+    assert "Vacuumed" not in out, "nothing deleted: nothing to vacuum"
+    make_job(fake_host, JobStatus.COMPLETED, ended_ago=40 * DAY)
+    assert "Vacuumed" not in run_command("--prune-jobs", "--no-vacuum")
+    assert _vacuums() == before
+    make_job(fake_host, JobStatus.COMPLETED, ended_ago=40 * DAY)
+    out = run_command("--prune-jobs")
+    assert "Pruned 1 job(s)" in out
+    assert "Vacuumed the jobs' and attempts' tables" in out
+    assert _vacuums() == before + 1
+
+
+def test_vacuum_is_not_tried_inside_a_transaction(fake_host):
+    from container_manager.retention import vacuum_jobs
+
+    assert vacuum_jobs() is False  # this test runs in a transaction: PostgreSQL refuses VACUUM

@@ -1,10 +1,12 @@
 """Remove containers the app no longer needs (and, with --prune-jobs, old job rows)::
 
-manage.py cleanup_containers [--older-than-hours H] [--dry-run] [--host NAME ...] [--prune-jobs]
+manage.py cleanup_containers [--older-than-hours H] [--dry-run] [--host NAME ...]
+                             [--prune-jobs [--no-vacuum]]
 """
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -13,6 +15,7 @@ from django.core.management.base import BaseCommand, CommandError, CommandParser
 from ...conf import get_settings
 from ...models import ExecutorHost
 from ...reaper import prune_jobs, reap
+from ...retention import vacuum_jobs
 from ...tally import compact
 
 
@@ -43,6 +46,12 @@ class Command(BaseCommand):
             action="store_true",
             help="Also delete ended jobs older than CONTAINER_MANAGER['JOB_RETENTION_DAYS']",
         )
+        parser.add_argument(
+            "--no-vacuum",
+            action="store_true",
+            help="With --prune-jobs on PostgreSQL: leave the tables to autovacuum "
+            "(default: VACUUM ANALYZE them after a prune that deleted jobs)",
+        )
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["older_than_hours"] < 0:
@@ -62,7 +71,7 @@ class Command(BaseCommand):
         if not dry_run:
             compact()  # the tally's rows older than two hours into its totals
         if options["prune_jobs"]:
-            self._prune(dry_run)
+            self._prune(dry_run, vacuum=not options["no_vacuum"])
 
     def _hosts(self, names: list[str]) -> list[ExecutorHost] | None:
         if not names:
@@ -73,7 +82,7 @@ class Command(BaseCommand):
             raise CommandError(f"Unknown host(s): {', '.join(missing)}")
         return hosts
 
-    def _prune(self, dry_run: bool) -> None:
+    def _prune(self, dry_run: bool, vacuum: bool) -> None:
         days = get_settings().JOB_RETENTION_DAYS
         if days is None:
             self.stdout.write("JOB_RETENTION_DAYS is not set: job rows are kept.")
@@ -81,3 +90,8 @@ class Command(BaseCommand):
         count = prune_jobs(timedelta(days=days), dry_run=dry_run)
         verb = "Would prune" if dry_run else "Pruned"
         self.stdout.write(f"{verb} {count} job(s) that ended more than {days} day(s) ago.")
+        if count and vacuum and not dry_run:
+            began = time.monotonic()
+            if vacuum_jobs():
+                took = time.monotonic() - began
+                self.stdout.write(f"Vacuumed the jobs' and attempts' tables ({took:.1f} s).")
