@@ -8,10 +8,12 @@ Fills a PostgreSQL database of its own (``cm_bench_scale``, or ``$BENCH_SCALE_DB
 dropped at the end unless ``--keep``) in SQL (generate_series), with one attempt row per
 finished job and the tally they would have left; then prints the median of 5 of each page
 (Django test client, superuser, after one warm-up request) with its number of queries, the
-scrape, the claim with 1,000 and with N finished rows, the submit_many rate beside raw
-psycopg inserting the same rows (COPY, executemany INSERT) in the same run, and a prune of
-up to a million rows while another process claims a job every 10 ms (median, p99 and max
-of its claims, and what its database session was doing, sampled from pg_stat_activity).
+scrape, the claim with 1,000 and with N finished rows, migration 0009 (the search's
+covering indexes) undone and run again while another process claims, the submit_many rate
+beside raw psycopg inserting the same rows (COPY, executemany INSERT) in the same run, and a
+prune of up to a million rows while another process claims a job every 10 ms (median, p99
+and max of its claims, and what its database session was doing, sampled from
+pg_stat_activity).
 Needs no engine (the hosts are the fake executor's).
 """
 
@@ -421,6 +423,24 @@ def measure_prune(total: int, prune: int) -> None:
     _report_claims("  a worker's claims meanwhile", claims, 100)
 
 
+def measure_search_indexes(rows: int) -> None:
+    """Migration 0009 (the search's covering indexes, built ``CONCURRENTLY``) undone, then
+    run again on the filled table while another process claims in a loop."""
+    from django.core.management import call_command
+
+    call_command("migrate", "container_manager", "0008", verbosity=0)
+    took: list[float] = []
+
+    def forward() -> None:
+        began = time.perf_counter()
+        call_command("migrate", "container_manager", verbosity=0)
+        took.append(time.perf_counter() - began)
+
+    claims = _claims_during(forward)
+    report(f"migration 0009 on {rows:,} finished jobs (2 indexes)", f"{took[0]:.1f} s")
+    _report_claims("  a worker's claims meanwhile", claims, 100)
+
+
 def _claims_during(action: Callable[[], object]) -> list[float]:
     """The milliseconds of each claim another process made while ``action`` ran; prints
     what its database session was doing meanwhile (pg_stat_activity, every 5 ms)."""
@@ -558,6 +578,7 @@ def run(rows: int, queued: int, keep: bool, pg: str, prune: bool = True) -> None
            ratio <= 1.5)  # fmt: skip
     measure_pages(rows)
     measure_disk(rows)
+    measure_search_indexes(rows)
     measure_submit()
     if prune:
         measure_prune(rows, min(1_000_000, rows))

@@ -5,9 +5,10 @@ prefix were read in 170 ms instead of 860). The indexes keep their names and ope
 so the models' state is unchanged; other databases keep the plain indexes (SQLite has no
 ``INCLUDE``).
 
-Built ``CONCURRENTLY``: workers go on claiming and finishing jobs while it runs (at ten
-million jobs, about 15 s an index here). A build that was interrupted leaves an invalid index
-behind: running the migration again drops it first."""
+Built ``CONCURRENTLY``: workers go on claiming and finishing jobs while it runs (at a million
+jobs it took 4.8 s here, a worker's claims meanwhile at most 70 ms and none waiting on a lock;
+at ten million a plain build of one such index took 13.5 s). A build that was interrupted
+leaves an invalid index behind: running the migration again drops it first."""
 
 from django.db import migrations
 
