@@ -80,6 +80,11 @@ def newest_matches(query: QuerySet[Any], term: _Term, limit: int) -> list[Any]:
     return _run(query, *_every_match(query, term.arms(), limit))
 
 
+def _newest_first(alias: str, limit: int) -> str:
+    """The list's order (newest first, then id) over ``alias``, cut at ``limit`` rows."""
+    return f"ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT {int(limit)}"
+
+
 def _run(query: QuerySet[Any], sql: str, params: list[Any]) -> list[Any]:
     with connections[query.db].cursor() as cursor:
         cursor.execute(sql, params)
@@ -102,7 +107,7 @@ def _among_the_newest(query: QuerySet[Any], term: _Term, limit: int) -> tuple[st
         params.extend(term.ids)
     return (
         f"SELECT w.id FROM ({sql}) AS w(id, name, docker_image, created_at) WHERE {match}"
-        f" ORDER BY w.created_at DESC, w.id DESC LIMIT {int(limit)}",
+        f" {_newest_first('w', limit)}",
         params,
     )
 
@@ -118,13 +123,12 @@ def _every_match(query: QuerySet[Any], arms: list[Q], limit: int) -> tuple[str, 
         each = query.filter(arm).order_by().values_list("pk", "created_at")
         sql, arm_params = each.query.get_compiler(using=query.db).as_sql()
         parts.append(
-            f"(SELECT * FROM ({sql} OFFSET 0) AS a(id, created_at)"
-            f" ORDER BY a.created_at DESC, a.id DESC LIMIT {int(limit)})"
+            f"(SELECT * FROM ({sql} OFFSET 0) AS a(id, created_at) {_newest_first('a', limit)})"
         )
         params.extend(arm_params)
     return (
         f"SELECT m.id FROM ({' UNION '.join(parts)}) AS m(id, created_at)"
-        f" ORDER BY m.created_at DESC, m.id DESC LIMIT {int(limit)}",
+        f" {_newest_first('m', limit)}",
         params,
     )
 
