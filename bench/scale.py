@@ -3,17 +3,18 @@ measured over a table of N finished and M queued jobs (issue 14).
 
     .venv/bin/python bench/run.py scale [--rows 1000000] [--queued 1000] [--keep] [--no-prune]
     .venv/bin/python bench/run.py scale --again     # pages and submit_many on the kept rows
+    .venv/bin/python bench/run.py scale --again --migration   # ... after timing migration 0010
 
 Fills a PostgreSQL database of its own (``cm_bench_scale``, or ``$BENCH_SCALE_DB``;
 dropped at the end unless ``--keep``) in SQL (generate_series), with one attempt row per
 finished job and the tally they would have left; then prints the median of 5 of each page
 (Django test client, superuser, after one warm-up request) with its number of queries, the
-scrape, the claim with 1,000 and with N finished rows, migration 0009 (the search's
-covering indexes) undone and run again while another process claims, the submit_many rate
-beside raw psycopg inserting the same rows (COPY, executemany INSERT) in the same run, and a
-prune of up to a million rows while another process claims a job every 10 ms (median, p99
-and max of its claims, and what its database session was doing, sampled from
-pg_stat_activity).
+scrape, the claim with 1,000 and with N finished rows, migration 0010 (the search's
+indexes keyed by value and creation time) undone and run again while another process
+claims, the submit_many rate beside raw psycopg inserting the same rows (COPY, executemany
+INSERT) in the same run, and a prune of up to a million rows while another process claims a
+job every 10 ms (median, p99 and max of its claims, and what its database session was doing,
+sampled from pg_stat_activity).
 Needs no engine (the hosts are the fake executor's).
 """
 
@@ -424,11 +425,12 @@ def measure_prune(total: int, prune: int) -> None:
 
 
 def measure_search_indexes(rows: int) -> None:
-    """Migration 0009 (the search's covering indexes, built ``CONCURRENTLY``) undone, then
-    run again on the filled table while another process claims in a loop."""
+    """Migration 0010 (the search's indexes keyed by value and creation time, rebuilt
+    ``CONCURRENTLY``) undone, then run again on the filled table while another process
+    claims in a loop."""
     from django.core.management import call_command
 
-    call_command("migrate", "container_manager", "0008", verbosity=0)
+    call_command("migrate", "container_manager", "0009", verbosity=0)
     took: list[float] = []
 
     def forward() -> None:
@@ -437,7 +439,7 @@ def measure_search_indexes(rows: int) -> None:
         took.append(time.perf_counter() - began)
 
     claims = _claims_during(forward)
-    report(f"migration 0009 on {rows:,} finished jobs (2 indexes)", f"{took[0]:.1f} s")
+    report(f"migration 0010 on {rows:,} finished jobs (2 indexes)", f"{took[0]:.1f} s")
     _report_claims("  a worker's claims meanwhile", claims, 100)
 
 
@@ -531,17 +533,24 @@ def measure_disk(rows: int) -> None:
 # ---- the run --------------------------------------------------------------------------------
 
 
-def measure_again(pg: str, prune: bool = False) -> None:
+def measure_again(pg: str, prune: bool = False, migration: bool = False) -> None:
     """``--again``: the pages and bulk submission once more, on the database a ``--keep``
-    run left (nothing is filled; with ``prune``, the oldest million more are pruned)."""
+    run left (nothing is filled; with ``prune``, the oldest million more are pruned). The
+    database is first migrated to this checkout's schema; with ``migration``, the search's
+    index migration is timed while another process claims, as in a full run."""
     os.environ["DATABASE_URL"] = f"{pg}/{DB}"
     import django
 
     django.setup()
+    from django.core.management import call_command
+
     from container_manager.models import ContainerJob
 
     rows = ContainerJob.objects.exclude(status="queued").count()
     print(f"{'figure':<52} {'measured':<30} target")
+    if migration:
+        measure_search_indexes(rows)
+    call_command("migrate", verbosity=0)
     measure_pages(rows)
     measure_submit()
     if prune:
@@ -605,11 +614,13 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--prune", action="store_true",
                         help="with --again: prune the oldest million more")  # fmt: skip
+    parser.add_argument("--migration", action="store_true",
+                        help="with --again: time the search's index migration first")  # fmt: skip
     parser.add_argument("--no-prune", action="store_true",
                         help="leave the prune out (and the rows in, for --again)")  # fmt: skip
     args = parser.parse_args(argv)
     if args.again:
-        measure_again(pg, prune=args.prune)
+        measure_again(pg, prune=args.prune, migration=args.migration)
         return
     if args.rows < 1000 or args.queued < 8:
         parser.error("--rows is at least 1,000 and --queued at least 8")

@@ -1,10 +1,12 @@
 """The admin's job search: by a job id or its first characters (a range of the primary key),
 or by the start of a name or an image (their pattern indexes).
 
-On PostgreSQL a search lists the newest :data:`SEARCH_LIMIT` matches, found one of two ways
+On PostgreSQL a search lists the newest :data:`SEARCH_LIMIT` matches, found one of three ways
 whose cost does not grow with the table: among the newest :data:`WALK_ROWS` jobs of the list
-(a walk of the creation index, enough when matches are common), else by reading every match
-from its index, which carries the creation time (cost grows with the matches, not the jobs).
+(a walk of the creation index, enough when matches are common); else, for a prefix that starts
+at most :data:`FEW_VALUES` distinct names (or images), the newest jobs of each of them, read
+in order from its index (keyed by the value, then the creation time); else by reading every
+match from the index (cost grows with the matches, not the jobs).
 Left to itself, PostgreSQL walks the creation index from the newest job until enough rows
 match, whatever their number: when the matches are old, that reads millions of rows.
 Elsewhere (SQLite: one worker, a smaller table) the search is the plain filter."""
@@ -30,6 +32,11 @@ SEARCH_LIMIT = 500
 #: worth it only for common prefixes: with 25,000 a prefix falls to the indexes when fewer
 #: than 1 job in 50 of the newest has it.
 WALK_ROWS = 25_000
+#: A prefix that starts at most this many distinct names (or images) is read value by value:
+#: each value's newest matches come in order from its index, so the cost grows with the
+#: values, not the matches (a name that every hourly job shares, an image). Finding whether
+#: a prefix starts more costs one step of the index a value.
+FEW_VALUES = 32
 
 _HEX = re.compile(r"[0-9a-f]{1,32}")
 
@@ -48,11 +55,24 @@ class _Term:
             return cls(term, None)
         return cls(term, (uuid.UUID(digits.ljust(32, "0")), uuid.UUID(digits.ljust(32, "f"))))
 
-    def arms(self) -> list[Q]:
-        arms = [Q(name__startswith=self.prefix), Q(docker_image__startswith=self.prefix)]
+    def arms(self, few: dict[str, list[str]] | None = None) -> tuple[list[Q], list[Q]]:
+        """The term's matches as arms of a union: those read whole, and those whose index
+        gives them newest first (a value of ``few``, the distinct values a column's prefix
+        starts when they are few; on SQLite, ``few`` is not looked up)."""
+        whole: list[Q] = []
+        ordered: list[Q] = []
+        for column in PREFIX_COLUMNS:
+            if few and column in few:
+                ordered.extend(Q(**{column: value}) for value in few[column])
+            else:
+                whole.append(Q(**{f"{column}__startswith": self.prefix}))
         if self.ids is not None:
-            arms.append(Q(pk__gte=self.ids[0], pk__lte=self.ids[1]))
-        return arms
+            whole.append(Q(pk__gte=self.ids[0], pk__lte=self.ids[1]))
+        return whole, ordered
+
+
+#: The columns a search matches by prefix, each with its pattern index.
+PREFIX_COLUMNS = ("name", "docker_image")
 
 
 def job_search(query: QuerySet[Any], term: str) -> QuerySet[Any]:
@@ -63,7 +83,8 @@ def job_search(query: QuerySet[Any], term: str) -> QuerySet[Any]:
         return query
     parsed = _Term.parse(term)
     if not _bounded(query):
-        return query.filter(reduce(operator.or_, parsed.arms()))
+        whole, _ = parsed.arms()
+        return query.filter(reduce(operator.or_, whole))
     return query.filter(pk__in=newest_matches(query, parsed, SEARCH_LIMIT))
 
 
@@ -77,7 +98,10 @@ def newest_matches(query: QuerySet[Any], term: _Term, limit: int) -> list[Any]:
     found = _run(query, *_among_the_newest(query, term, limit))
     if len(found) == limit:  # the newest matches are all among the newest jobs
         return found
-    return _run(query, *_every_match(query, term.arms(), limit))
+    whole, ordered = term.arms(_few_values(query, term.prefix))
+    if not whole and not ordered:  # no name nor image starts so, and it is no id
+        return []
+    return _run(query, *_every_match(query, whole, ordered, limit))
 
 
 def _newest_first(alias: str, limit: int) -> str:
@@ -112,14 +136,55 @@ def _among_the_newest(query: QuerySet[Any], term: _Term, limit: int) -> tuple[st
     )
 
 
-def _every_match(query: QuerySet[Any], arms: list[Q], limit: int) -> tuple[str, list[Any]]:
-    """SQL of the newest ``limit`` matches read through each arm's index: behind
-    ``OFFSET 0`` an arm is planned on its own, never as a walk of the creation index; each
-    arm keeps its own newest ``limit`` (a top-N sort in memory), so the union that removes a
-    job matched twice sorts a few rows, not every match."""
+def _few_values(query: QuerySet[Any], prefix: str) -> dict[str, list[str]]:
+    """The distinct values of each of :data:`PREFIX_COLUMNS` that start with ``prefix``,
+    for the columns where they are at most :data:`FEW_VALUES`. One query: each column's
+    values are found one index step at a time (a recursive skip scan: each step the next
+    value after the last, until one does not start with the prefix or the ``LIMIT`` one
+    past the cap stops it), whatever the list's filters (a superset of theirs). A step has
+    no upper bound on purpose: bounded by the prefix too, a rare prefix's step is estimated
+    to read its whole range, and the planner's cost for the query (millions) then pays
+    about 100 ms to compile it (JIT) to save nothing."""
+    connection = connections[query.db]
+    table = connection.ops.quote_name(query.model._meta.db_table)
+    like = connection.ops.prep_for_like_query(prefix) + "%"
+    parts, params = [], []
+    for column in PREFIX_COLUMNS:
+        col = "t." + connection.ops.quote_name(query.model._meta.get_field(column).column)
+        first = f"SELECT {col} FROM {table} AS t WHERE {col} LIKE %s"
+        after = f"SELECT {col} FROM {table} AS t WHERE {col} ~>~ v.value"
+        order = f"ORDER BY {col} USING ~<~ LIMIT 1"
+        parts.append(
+            f"(WITH RECURSIVE v(value) AS (({first} {order}) UNION ALL"
+            f" SELECT ({after} {order}) FROM v WHERE v.value LIKE %s)"
+            f" SELECT %s, value FROM v WHERE value LIKE %s LIMIT {FEW_VALUES + 1})"
+        )
+        params.extend([like, like, column, like])
+    found: dict[str, list[str]] = {column: [] for column in PREFIX_COLUMNS}
+    with connection.cursor() as cursor:
+        cursor.execute(" UNION ALL ".join(parts), params)
+        for column, value in cursor.fetchall():
+            found[column].append(value)
+    return {column: values for column, values in found.items() if len(values) <= FEW_VALUES}
+
+
+def _every_match(
+    query: QuerySet[Any], whole: list[Q], ordered: list[Q], limit: int
+) -> tuple[str, list[Any]]:
+    """SQL of the newest ``limit`` matches read through each arm's index. An arm of
+    ``ordered`` is an index's own order (a value, newest first): its first ``limit`` rows.
+    An arm of ``whole`` is read whole behind ``OFFSET 0`` (planned on its own, never as a
+    walk of the creation index) and keeps its own newest ``limit`` (a top-N sort in
+    memory). Either way the union that removes a job matched twice sorts a few rows, not
+    every match."""
     parts: list[str] = []
     params: list[Any] = []
-    for arm in arms:
+    for arm in ordered:
+        each = query.filter(arm).order_by("-created_at", "-pk").values_list("pk", "created_at")
+        sql, arm_params = each[:limit].query.get_compiler(using=query.db).as_sql()
+        parts.append(f"({sql})")
+        params.extend(arm_params)
+    for arm in whole:
         each = query.filter(arm).order_by().values_list("pk", "created_at")
         sql, arm_params = each.query.get_compiler(using=query.db).as_sql()
         parts.append(

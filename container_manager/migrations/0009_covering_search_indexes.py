@@ -12,32 +12,15 @@ leaves an invalid index behind: running the migration again drops it first."""
 
 from django.db import migrations
 
-TABLE = "container_manager_containerjob"
-INDEXES = (("cm_job_name_idx", "name"), ("cm_job_image_idx", "docker_image"))
-
-
-def _rebuild(schema_editor, covering: bool) -> None:
-    if schema_editor.connection.vendor != "postgresql":
-        return
-    include = " INCLUDE (created_at, id)" if covering else ""
-    for name, column in INDEXES:
-        new = f"{name}_new"
-        for statement in (
-            f"DROP INDEX CONCURRENTLY IF EXISTS {new}",
-            f"CREATE INDEX CONCURRENTLY {new} ON {TABLE} ({column} varchar_pattern_ops)"
-            f"{include}",
-            f"DROP INDEX CONCURRENTLY IF EXISTS {name}",
-            f"ALTER INDEX {new} RENAME TO {name}",
-        ):
-            schema_editor.execute(statement, None)
+from ._concurrently import PLAIN, COVERING, rebuild_search_indexes
 
 
 def covering(apps, schema_editor):
-    _rebuild(schema_editor, covering=True)
+    rebuild_search_indexes(schema_editor, COVERING)
 
 
 def plain(apps, schema_editor):
-    _rebuild(schema_editor, covering=False)
+    rebuild_search_indexes(schema_editor, PLAIN)
 
 
 class Migration(migrations.Migration):

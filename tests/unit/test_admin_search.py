@@ -62,9 +62,15 @@ def _etl(job):
 
 
 @postgresql_only
-@pytest.mark.parametrize("walk", [3, 100], ids=["read from the indexes", "among the newest"])
-def test_the_newest_matches_are_the_same_whichever_way_they_are_found(jobs, monkeypatch, walk):
+@pytest.mark.parametrize(
+    ("walk", "few"),
+    [(3, 0), (3, 32), (100, 32)],
+    ids=["every match read from the indexes", "value by value", "among the newest"],
+)
+def test_the_newest_matches_are_the_same_whichever_way_they_are_found(jobs, monkeypatch, walk,
+                                                                       few):  # fmt: skip
     monkeypatch.setattr(admin_search, "WALK_ROWS", walk)
+    monkeypatch.setattr(admin_search, "FEW_VALUES", few)
     etl = admin_search._Term.parse("etl-")
     found = admin_search.newest_matches(ContainerJob.objects.all(), etl, 5)
     assert [str(pk) for pk in found] == _newest(jobs, _etl, 5)
@@ -74,6 +80,23 @@ def test_the_newest_matches_are_the_same_whichever_way_they_are_found(jobs, monk
     by_id = admin_search._Term.parse(str(jobs[2].pk)[:8])
     found = admin_search.newest_matches(ContainerJob.objects.all(), by_id, 5)
     assert str(jobs[2].pk) in [str(pk) for pk in found]
+    nothing = admin_search._Term.parse("zz-no-such-job")
+    assert admin_search.newest_matches(ContainerJob.objects.all(), nothing, 5) == []
+
+
+@postgresql_only
+def test_a_prefix_of_few_values_is_read_value_by_value(jobs, monkeypatch):
+    everything = ContainerJob.objects.all()
+    # 'etl-' starts ten names and one image; 'report-' twenty names, 're' no image at all.
+    few = admin_search._few_values(everything, "etl-")
+    assert sorted(few["name"]) == sorted(f"etl-{i}" for i in range(10))
+    assert few["docker_image"] == ["etl-tools:1"]
+    monkeypatch.setattr(admin_search, "FEW_VALUES", 19)
+    assert admin_search._few_values(everything, "re") == {"docker_image": []}
+    monkeypatch.setattr(admin_search, "FEW_VALUES", 20)
+    assert len(admin_search._few_values(everything, "re")["name"]) == 20
+    # A LIKE wildcard in the term is a character to match, not a wildcard.
+    assert admin_search._few_values(everything, "etl_") == {"name": [], "docker_image": []}
 
 
 @postgresql_only
