@@ -549,8 +549,9 @@ def measure_again(pg: str, prune: bool = False, migration: bool = False) -> None
     rows = ContainerJob.objects.exclude(status="queued").count()
     print(f"{'figure':<52} {'measured':<30} target")
     if migration:
-        measure_search_indexes(rows)
-    call_command("migrate", verbosity=0)
+        measure_search_indexes(rows)  # which ends migrated forward
+    else:
+        call_command("migrate", verbosity=0)
     measure_pages(rows)
     measure_submit()
     if prune:

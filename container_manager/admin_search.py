@@ -59,10 +59,11 @@ class _Term:
         """The term's matches as arms of a union: those read whole, and those whose index
         gives them newest first (a value of ``few``, the distinct values a column's prefix
         starts when they are few; on SQLite, ``few`` is not looked up)."""
+        few = few or {}
         whole: list[Q] = []
         ordered: list[Q] = []
         for column in PREFIX_COLUMNS:
-            if few and column in few:
+            if column in few:
                 ordered.extend(Q(**{column: value}) for value in few[column])
             else:
                 whole.append(Q(**{f"{column}__startswith": self.prefix}))
@@ -109,6 +110,17 @@ def _newest_first(alias: str, limit: int) -> str:
     return f"ORDER BY {alias}.created_at DESC, {alias}.id DESC LIMIT {int(limit)}"
 
 
+def _sql(query: QuerySet[Any]) -> tuple[str, list[Any]]:
+    """The SQL and parameters ``query`` compiles to, to be placed in a larger statement."""
+    sql, params = query.query.get_compiler(using=query.db).as_sql()
+    return sql, list(params)
+
+
+def _like(query: QuerySet[Any], prefix: str) -> str:
+    """The LIKE pattern of the values that start with ``prefix`` (its wildcards escaped)."""
+    return connections[query.db].ops.prep_for_like_query(prefix) + "%"
+
+
 def _run(query: QuerySet[Any], sql: str, params: list[Any]) -> list[Any]:
     with connections[query.db].cursor() as cursor:
         cursor.execute(sql, params)
@@ -122,8 +134,8 @@ def _among_the_newest(query: QuerySet[Any], term: _Term, limit: int) -> tuple[st
     newest = query.order_by("-created_at", "-pk").values_list(
         "pk", "name", "docker_image", "created_at"
     )[:WALK_ROWS]
-    sql, params = newest.query.get_compiler(using=query.db).as_sql()
-    like = connections[query.db].ops.prep_for_like_query(term.prefix) + "%"
+    sql, params = _sql(newest)
+    like = _like(query, term.prefix)
     match = "w.name LIKE %s OR w.docker_image LIKE %s"
     params = [*params, like, like]
     if term.ids is not None:
@@ -147,7 +159,7 @@ def _few_values(query: QuerySet[Any], prefix: str) -> dict[str, list[str]]:
     about 100 ms to compile it (JIT) to save nothing."""
     connection = connections[query.db]
     table = connection.ops.quote_name(query.model._meta.db_table)
-    like = connection.ops.prep_for_like_query(prefix) + "%"
+    like = _like(query, prefix)
     parts, params = [], []
     for column in PREFIX_COLUMNS:
         col = "t." + connection.ops.quote_name(query.model._meta.get_field(column).column)
@@ -181,12 +193,12 @@ def _every_match(
     params: list[Any] = []
     for arm in ordered:
         each = query.filter(arm).order_by("-created_at", "-pk").values_list("pk", "created_at")
-        sql, arm_params = each[:limit].query.get_compiler(using=query.db).as_sql()
+        sql, arm_params = _sql(each[:limit])
         parts.append(f"({sql})")
         params.extend(arm_params)
     for arm in whole:
         each = query.filter(arm).order_by().values_list("pk", "created_at")
-        sql, arm_params = each.query.get_compiler(using=query.db).as_sql()
+        sql, arm_params = _sql(each)
         parts.append(
             f"(SELECT * FROM ({sql} OFFSET 0) AS a(id, created_at) {_newest_first('a', limit)})"
         )
